@@ -1,0 +1,249 @@
+"""Hugging Face checkpoints <-> `Transformer`: safetensors import (optionally straight onto a mesh)
+and export that `transformers.AutoModelForCausalLM.from_pretrained` loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from dss import sharding as shd
+from dss.models.config import ModelConfig
+from dss.models.transformer import Transformer
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
+
+
+class Layout(NamedTuple):
+    """How one tensor is stored in HF ([out, in] linears, fused head dims) vs. in our model."""
+
+    to_ours: Callable[[np.ndarray, tuple], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    hf_shape: Callable[[tuple], tuple]
+
+
+COPY = Layout(lambda w, s: w, lambda w: w, lambda s: s)
+TRANSPOSE = Layout(lambda w, s: w.T, lambda w: w.T, lambda s: s[::-1])
+HEADS_IN = Layout(  # q/k/v: HF [H*D, E] <-> ours [E, H, D]
+    lambda w, s: w.T.reshape(s), lambda w: w.reshape(w.shape[0], -1).T, lambda s: (s[1] * s[2], s[0])
+)
+HEADS_OUT = Layout(  # o: HF [E, H*D] <-> ours [H, D, E]
+    lambda w, s: w.T.reshape(s), lambda w: w.reshape(-1, w.shape[-1]).T, lambda s: (s[2], s[0] * s[1])
+)
+HEADS_BIAS = Layout(lambda w, s: w.reshape(s), lambda w: w.reshape(-1), lambda s: (s[0] * s[1],))
+
+
+def hf_names(cfg: ModelConfig) -> dict[tuple, tuple[str, Layout]]:
+    """Our parameter path -> (HF tensor name, layout), for every parameter the config creates."""
+    names = {("embed",): ("model.embed_tokens.weight", COPY), ("final_norm", "weight"): ("model.norm.weight", COPY)}
+    if not cfg.tie_embeddings:
+        names[("lm_head",)] = ("lm_head.weight", TRANSPOSE)
+    gemma = cfg.family.sandwich_norms
+    for i in range(cfg.num_layers):
+        hf, ours = f"model.layers.{i}.", ("layers", i)
+        norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+        if gemma:
+            norms = {"attn_norm": "input_layernorm", "attn_post_norm": "post_attention_layernorm",
+                     "mlp_norm": "pre_feedforward_layernorm", "mlp_post_norm": "post_feedforward_layernorm"}
+        for our, theirs in norms.items():
+            names[ours + (our, "weight")] = (hf + theirs + ".weight", COPY)
+        for p in "qkv":
+            names[ours + ("attn", p)] = (f"{hf}self_attn.{p}_proj.weight", HEADS_IN)
+            if cfg.attention_bias or cfg.family.qkv_bias:
+                names[ours + ("attn", f"{p}_bias")] = (f"{hf}self_attn.{p}_proj.bias", HEADS_BIAS)
+        names[ours + ("attn", "o")] = (f"{hf}self_attn.o_proj.weight", HEADS_OUT)
+        if cfg.attention_bias:
+            names[ours + ("attn", "o_bias")] = (f"{hf}self_attn.o_proj.bias", COPY)
+        if cfg.family.qk_norm:
+            for p in "qk":
+                names[ours + ("attn", f"{p}_norm", "weight")] = (f"{hf}self_attn.{p}_norm.weight", COPY)
+        for p in ("gate", "up", "down"):
+            names[ours + ("mlp", p)] = (f"{hf}mlp.{p}_proj.weight", TRANSPOSE)
+            if cfg.mlp_bias:
+                names[ours + ("mlp", f"{p}_bias")] = (f"{hf}mlp.{p}_proj.bias", COPY)
+    return names
+
+
+class SafetensorsDir:
+    """Lazy view of a (possibly sharded) safetensors checkpoint; errors name the file and key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        index = path / INDEX_FILE
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{index}: not a safetensors index ({e})") from e
+            self.files = {key: path / name for key, name in weight_map.items()}
+            for f in set(self.files.values()):
+                if not f.exists():
+                    raise FileNotFoundError(f"{index} lists {f.name}, which does not exist")
+        else:
+            files = sorted(path.glob("*.safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{path}: no {SINGLE_FILE} or {INDEX_FILE}")
+            self.files = {key: f for f in files for key in self._keys(f)}
+
+    @staticmethod
+    def _keys(file: Path) -> list[str]:
+        try:
+            with safe_open(file, framework="numpy") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{file}: cannot read safetensors file ({e})") from e
+
+    def get(self, key: str) -> np.ndarray:
+        file = self.files[key]
+        try:
+            with safe_open(file, framework="numpy") as f:
+                return f.get_tensor(key)
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{file}: cannot read tensor {key!r} ({e})") from e
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A local directory as is; anything else is taken as a Hugging Face Hub repo id."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or str(path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{path}: not a model directory")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+
+
+def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None) -> Transformer:
+    """Load an HF directory (or hub id) as a `Transformer` computing in `dtype`.
+
+    Parameters are stored in `param_dtype` (default: `dtype`). With a mesh, every tensor is
+    placed shard by shard by `dss.sharding.RULES` (or `rules`), never whole on one device.
+    """
+    path = resolve_path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path}: no config.json")
+    try:
+        raw = json.loads(config_file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{config_file}: invalid JSON ({e})") from e
+    cfg = ModelConfig.from_hf(raw, source=str(config_file))
+    param_dtype = jnp.dtype(param_dtype or dtype)
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+
+    tensors, names = SafetensorsDir(path), hf_names(cfg)
+    expected = {hf for hf, _ in names.values()}
+    unexpected = sorted(
+        k for k in tensors.files
+        if k not in expected and not k.endswith(IGNORED_SUFFIXES) and not (cfg.tie_embeddings and k == "lm_head.weight")
+    )
+    if unexpected:
+        raise ValueError(f"{tensors.files[unexpected[0]]}: unexpected tensor(s) {unexpected[:5]} for {cfg.model_type}")
+
+    flat = nnx.to_flat_state(state)
+    for our_path, variable in flat:
+        hf_key, layout = names[our_path]
+        if hf_key not in tensors.files:
+            raise KeyError(f"{path}: missing tensor {hf_key!r} (model_type {cfg.model_type})")
+        value = tensors.get(hf_key)
+        shape = tuple(variable.shape)
+        if tuple(value.shape) != tuple(layout.hf_shape(shape)):
+            raise ValueError(
+                f"{tensors.files[hf_key]}: tensor {hf_key!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(layout.hf_shape(shape))} from config.json"
+            )
+        value = np.ascontiguousarray(layout.to_ours(value, shape).astype(param_dtype))
+        variable.set_value(_place(value, variable.get_metadata().get("logical_axes"), mesh, rules))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def _place(value: np.ndarray, axes, mesh, rules) -> jax.Array:
+    if mesh is None:
+        return jnp.asarray(value)
+    sharding = shd.named_sharding(axes, value.shape, mesh, rules)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def param_shardings(model: Transformer, mesh, rules=None):
+    """NamedSharding of every parameter by the logical-axis rules (for jit in/out shardings)."""
+    state = nnx.state(model, nnx.Param)
+    return jax.tree.map(
+        lambda v: v.replace(shd.named_sharding(v.get_metadata()["logical_axes"], v.shape, mesh, rules)),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+
+
+def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Write config.json + safetensors (sharded above `max_shard_bytes`) that transformers loads.
+
+    Every file is written under a temporary name and renamed into place, so a crash never leaves
+    a half-written checkpoint; files of an earlier export that are no longer part of it are removed.
+    """
+    cfg, out_dir = model.config, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = hf_names(cfg)
+    tensors = {}
+    for our_path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        hf_key, layout = names[our_path]
+        value = _to_host(variable[...])
+        tensors[hf_key] = np.ascontiguousarray(layout.to_hf(value).astype(dtype or value.dtype))
+    if jax.process_index() != 0:
+        return out_dir
+
+    shards, current, size = [], {}, 0
+    for key in sorted(tensors):
+        if current and size + tensors[key].nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[key] = tensors[key]
+        size += tensors[key].nbytes
+    shards.append(current)
+    files = [SINGLE_FILE] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+
+    hf_config = cfg.hf_config
+    hf_config["dtype"] = str(next(iter(tensors.values())).dtype)
+    hf_config.pop("torch_dtype", None)
+    for name, shard in zip(files, shards):
+        _atomic_write(out_dir / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"}))
+    if len(files) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+                 "weight_map": {k: files[i] for i, shard in enumerate(shards) for k in shard}}
+        _atomic_write(out_dir / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
+    _atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(hf_config, indent=2)))
+    for stale in out_dir.glob("model*.safetensors*"):
+        if stale.name not in files and not (len(files) > 1 and stale.name == INDEX_FILE):
+            stale.unlink()
+    return out_dir
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

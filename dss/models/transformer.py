@@ -1,0 +1,231 @@
+"""One decoder-only Transformer (Flax NNX) for every family in `dss.models.config.FAMILIES`.
+
+Weights are stored in einsum-friendly layouts ([in, ..., out]) and carry `logical_axes`
+metadata that `dss.sharding.RULES` maps to the device mesh. Attention takes an arbitrary boolean
+"query may attend key" mask; sliding windows apply on top of it, measured in positions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dss.models.config import ModelConfig
+from dss.models.rope import apply_rope, inverse_frequencies
+from dss.sharding import constrain
+
+ACT_AXES = ("act_batch", "act_seq", "act_embed")
+
+
+class KVCache(NamedTuple):
+    """Per-layer keys/values [B, S, kv_heads, head_dim] and the position held in each slot [B, S]."""
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    positions: jax.Array
+
+
+def _param(rngs, shape, axes, dtype, std):
+    return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
+
+
+def _zeros(shape, axes, dtype):
+    return nnx.Param(jnp.zeros(shape, dtype), logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm in float32; Gemma's variant scales by (offset + w) with offset 1."""
+
+    def __init__(self, dim: int, eps: float, offset: float, dtype, param_dtype):
+        self.weight = nnx.Param(jnp.full((dim,), 1.0 - offset, param_dtype), logical_axes=("norm",))
+        self.eps, self.offset, self.dtype = eps, offset, dtype
+
+    def __call__(self, x):
+        xf = x.astype(jnp.float32)
+        y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (y * (self.offset + self.weight[...].astype(jnp.float32))).astype(self.dtype)
+        return self.weight[...].astype(self.dtype) * y.astype(self.dtype)
+
+
+def attend(q, k, v, mask, scale: float, softcap: float | None):
+    """Grouped-query attention. q [B,L,H,D], k/v [B,S,K,D], mask bool [B,L,S] -> [B,L,H,D]."""
+    b, l, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, l, kv, h // kv, d)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, l, h, d)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, param_dtype, rngs: nnx.Rngs):
+        e, h, k, d, std = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.initializer_range
+        self.q = _param(rngs, (e, h, d), ("embed", "q_heads", "head_dim"), param_dtype, std)
+        self.k = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype, std)
+        self.v = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype, std)
+        self.o = _param(rngs, (h, d, e), ("q_heads", "head_dim", "embed"), param_dtype, std)
+        qkv_bias = cfg.attention_bias or cfg.family.qkv_bias
+        if qkv_bias:
+            self.q_bias = _zeros((h, d), ("q_heads", "head_dim"), param_dtype)
+            self.k_bias = _zeros((k, d), ("kv_heads", "head_dim"), param_dtype)
+            self.v_bias = _zeros((k, d), ("kv_heads", "head_dim"), param_dtype)
+        if cfg.attention_bias:
+            self.o_bias = _zeros((e,), ("embed",), param_dtype)
+        if cfg.family.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.family.norm_offset, dtype, param_dtype)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.family.norm_offset, dtype, param_dtype)
+        self.qkv_bias, self.o_bias_on, self.qk_norm = qkv_bias, cfg.attention_bias, cfg.family.qk_norm
+        self.rope, self.head_dim = cfg.layer_ropes[layer], d
+        self.window, self.scale, self.softcap = cfg.layer_windows[layer], cfg.query_scale, cfg.attn_softcap
+        self.dtype = dtype
+
+    def __call__(self, x, positions, mask, key_positions, cache_kv=None, cache_index=None):
+        proj = lambda w: jnp.einsum("ble,ehd->blhd", x, w[...].astype(self.dtype))
+        q, k, v = proj(self.q), proj(self.k), proj(self.v)
+        if self.qkv_bias:
+            q, k, v = (t + b[...].astype(self.dtype) for t, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = inverse_frequencies(self.rope, self.head_dim)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        new_kv = None
+        if cache_kv is not None:
+            ck, cv = cache_kv
+            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            new_kv = (k, v)
+        if self.window is not None:
+            mask = mask & (positions[:, :, None] - key_positions[:, None, :] < self.window)
+        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.scale, self.softcap)
+        out = jnp.einsum("blhd,hde->ble", out, self.o[...].astype(self.dtype))
+        if self.o_bias_on:
+            out = out + self.o_bias[...].astype(self.dtype)
+        return out, new_kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs):
+        e, f, std = cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range
+        self.gate = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
+        self.up = _param(rngs, (e, f), ("embed", "mlp"), param_dtype, std)
+        self.down = _param(rngs, (f, e), ("mlp", "embed"), param_dtype, std)
+        if cfg.mlp_bias:
+            self.gate_bias = _zeros((f,), ("mlp",), param_dtype)
+            self.up_bias = _zeros((f,), ("mlp",), param_dtype)
+            self.down_bias = _zeros((e,), ("embed",), param_dtype)
+        self.bias, self.activation, self.dtype = cfg.mlp_bias, cfg.activation, dtype
+
+    def _linear(self, x, w, b):
+        y = x @ w[...].astype(self.dtype)
+        return y + b[...].astype(self.dtype) if self.bias else y
+
+    def __call__(self, x):
+        bias = lambda name: getattr(self, name, None)
+        gate = self._linear(x, self.gate, bias("gate_bias"))
+        gate = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        return self._linear(gate * self._linear(x, self.up, bias("up_bias")), self.down, bias("down_bias"))
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block; Gemma adds norms after attention and MLP, Granite scales residuals."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, param_dtype, rngs: nnx.Rngs):
+        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family.norm_offset, dtype, param_dtype)
+        self.attn_norm, self.attn = norm(), Attention(cfg, layer, dtype, param_dtype, rngs)
+        self.mlp_norm, self.mlp = norm(), MLP(cfg, dtype, param_dtype, rngs)
+        if cfg.family.sandwich_norms:
+            self.attn_post_norm, self.mlp_post_norm = norm(), norm()
+        self.sandwich, self.residual_scale = cfg.family.sandwich_norms, cfg.residual_scale
+
+    def __call__(self, x, positions, mask, key_positions, cache_kv=None, cache_index=None):
+        h, new_kv = self.attn(self.attn_norm(x), positions, mask, key_positions, cache_kv, cache_index)
+        if self.sandwich:
+            h = self.attn_post_norm(h)
+        x = x + h * self.residual_scale if self.residual_scale != 1.0 else x + h
+        h = self.mlp(self.mlp_norm(x))
+        if self.sandwich:
+            h = self.mlp_post_norm(h)
+        x = x + h * self.residual_scale if self.residual_scale != 1.0 else x + h
+        return constrain(x, ACT_AXES), new_kv
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM. `model(tokens)` -> logits [B, L, V] (float32)."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config, self.dtype = cfg, jnp.dtype(dtype)
+        std = cfg.initializer_range
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, std)
+        self.layers = nnx.List([Block(cfg, i, self.dtype, param_dtype, rngs) for i in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family.norm_offset, self.dtype, param_dtype)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype, std)
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
+        """An empty cache; slots hold position -1 until written."""
+        cfg, dtype = self.config, dtype or self.dtype
+        shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return KVCache(zeros, zeros, jnp.full((batch_size, max_len), -1, jnp.int32))
+
+    def __call__(self, tokens, positions=None, attention_mask=None, *, cache: KVCache | None = None, cache_index=0):
+        """Logits [B, L, V]; with a cache, also the updated cache.
+
+        Without a cache, `attention_mask` is bool [B, L, L] (None = causal). With a cache, the L
+        new tokens are written at slots [cache_index, cache_index + L) and `attention_mask` is
+        bool [B, L, S] over all S cache slots (None = causal in slot order).
+        """
+        hidden, cache = self.hidden_states(tokens, positions, attention_mask, cache=cache, cache_index=cache_index)
+        logits = self.logits(hidden)
+        return logits if cache is None else (logits, cache)
+
+    def hidden_states(self, tokens, positions=None, attention_mask=None, *, cache=None, cache_index=0):
+        """Final-layer hidden states before the last norm, [B, L, E]; lets callers unembed a subset."""
+        b, l = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(cache_index + jnp.arange(l, dtype=jnp.int32), (b, l))
+        positions = positions.astype(jnp.int32)
+        if cache is None:
+            key_positions = positions
+            mask = jnp.tril(jnp.ones((l, l), bool))[None] if attention_mask is None else attention_mask
+        else:
+            key_positions = jax.lax.dynamic_update_slice(cache.positions, positions, (0, cache_index))
+            slots = jnp.arange(cache.positions.shape[1])
+            causal = slots[None, :] <= cache_index + jnp.arange(l)[:, None]
+            mask = causal[None] if attention_mask is None else attention_mask
+        mask = jnp.broadcast_to(mask, (b, l, key_positions.shape[1]))
+
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
+        if self.config.embed_scale != 1.0:
+            x = x * jnp.asarray(self.config.embed_scale, self.dtype)
+        x = constrain(x, ACT_AXES)
+        keys, values = [], []
+        for i, block in enumerate(self.layers):
+            cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x, new_kv = block(x, positions, mask, key_positions, cache_kv, cache_index)
+            if new_kv is not None:
+                keys.append(new_kv[0])
+                values.append(new_kv[1])
+        new_cache = None if cache is None else KVCache(tuple(keys), tuple(values), key_positions)
+        return x, new_cache
+
+    def logits(self, hidden):
+        """Final norm, unembedding (tied or not), Granite scaling and Gemma soft-capping, in float32."""
+        cfg = self.config
+        h = self.final_norm(hidden)
+        if cfg.tie_embeddings:
+            out = jnp.einsum("ble,ve->blv", h, self.embed[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        else:
+            out = jnp.einsum("ble,ev->blv", h, self.lm_head[...].astype(self.dtype), preferred_element_type=jnp.float32)
+        if cfg.logits_scale != 1.0:
+            out = out * cfg.logits_scale
+        if cfg.final_softcap is not None:
+            out = jnp.tanh(out / cfg.final_softcap) * cfg.final_softcap
+        return constrain(out, ("act_batch", "act_seq", "act_vocab"))

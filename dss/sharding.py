@@ -1,0 +1,81 @@
+"""Device mesh and the one table that maps logical axis names to mesh axes.
+
+Parameters and activations are annotated with logical names ("embed", "mlp", "act_batch", ...);
+`RULES` says which mesh axis each name is split over. Changing the parallelism layout means
+editing this table, not the model.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    # parameters
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "q_heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "norm": None,
+    # activations
+    "act_batch": ("data", "fsdp"),
+    "act_seq": None,
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_vocab": "tensor",
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one of the sizes may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = [data, fsdp, tensor]
+    if shape.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    if -1 in shape:
+        known = int(np.prod([s for s in shape if s != -1]))
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices do not split into mesh {shape}")
+        shape[shape.index(-1)] = len(devices) // known
+    if int(np.prod(shape)) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {len(devices)}")
+    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _mesh_size(mesh, axes) -> int:
+    axes = (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def partition_spec(logical_axes, shape, mesh, rules=None) -> PartitionSpec:
+    """PartitionSpec for an array; a dimension that the mesh axes do not divide stays replicated."""
+    rules = RULES if rules is None else rules
+    spec, used = [], set()
+    for name, size in zip(logical_axes, shape):
+        axes = rules.get(name) if name is not None else None
+        flat = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        flat = tuple(a for a in flat if a not in used and mesh.shape.get(a, 1) > 1)
+        if not flat or size % _mesh_size(mesh, flat):
+            spec.append(None)
+            continue
+        used.update(flat)
+        spec.append(flat[0] if len(flat) == 1 else flat)
+    return PartitionSpec(*spec)
+
+
+def named_sharding(logical_axes, shape, mesh, rules=None) -> NamedSharding:
+    return NamedSharding(mesh, partition_spec(logical_axes, shape, mesh, rules))
+
+
+def constrain(x: jax.Array, logical_axes) -> jax.Array:
+    """Sharding hint for an activation; a no-op outside a mesh context (`jax.set_mesh`)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, partition_spec(logical_axes, x.shape, mesh))
