@@ -1,0 +1,285 @@
+"""Per-token training objectives: SFT, RS, STAR-DSS, Deep Token, KL-only.
+
+All losses are pure, jit-able functions of arrays. `logits[:, t]` predicts `targets[:, t]`;
+`loss_mask` marks the response tokens that are trained on. Every loss is a SUM over masked tokens
+divided by `normalizer`, the number of response tokens in the whole global batch (across devices
+and gradient-accumulation micro-batches), or by `sum(loss_mask)` of this batch when it is None.
+With the global count, summing the losses (and gradients) of micro-batches gives exactly the loss
+of the whole batch, rather than a mean of means.
+
+Metrics are token sums divided by the same normaliser, so they accumulate the same way; only
+`n_tokens` (this batch's response-token count) is a plain count.
+
+Logits may be bfloat16; every reduction runs in float32. The reference model's inputs
+(`ref_logp`, `ref_logits`) are constants: gradients never flow into them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+KL_ESTIMATORS = ("k1", "k2", "k3", "full")
+
+# Sequence positions per chunk of the vocabulary-wide `full` KL: with a 128k vocabulary one
+# float32 chunk intermediate is 256 * 128k * 4 B = 128 MiB per row of the batch.
+DEFAULT_CHUNK_SIZE = 256
+
+
+def token_logp(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log p(targets[b, t]) under `logits[b, t]`, float32 [B, T].
+
+    Gathers the label logit and subtracts a float32 logsumexp instead of materialising a full
+    log-softmax, so under jit XLA can fuse the cast into the reductions and keep no [B, T, V]
+    float32 copy.
+    """
+    lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+    label = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return label.astype(jnp.float32) - lse
+
+
+def _logp_and_full_kl_rows(logits, ref_logits, targets):
+    """Label log-prob and exact KL(p || p_ref) over the last (vocabulary) axis, float32."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ref = jax.nn.log_softmax(ref_logits.astype(jnp.float32), axis=-1)
+    kl = jnp.sum(jnp.exp(logp) * (logp - ref), axis=-1)
+    return token_logp(logits, targets), kl
+
+
+def _over_chunks(fn, c, arrays, out_like):
+    """`fn` applied to `c`-position slices of [B, T, ...] `arrays`, written into zero buffers shaped
+    like `out_like`. The last slice is shifted back to end at T; its overlap is recomputed and
+    rewritten with the same values, so T need not be a multiple of c and nothing is padded."""
+    t = arrays[0].shape[1]
+
+    def body(i, outs):
+        start = jnp.minimum(i * c, t - c)
+        results = fn(*(jax.lax.dynamic_slice_in_dim(x, start, c, axis=1) for x in arrays))
+        return tuple(
+            jax.lax.dynamic_update_slice_in_dim(o, r, start, axis=1) for o, r in zip(outs, results)
+        )
+
+    zeros = tuple(jnp.zeros(o.shape, o.dtype) for o in out_like)
+    return jax.lax.fori_loop(0, -(-t // c), body, zeros)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _chunked_logp_and_full_kl(logits, ref_logits, targets, c):
+    """Chunk loop with a custom VJP whose backward pass is a second chunk loop: autodiff of the
+    forward loop would keep every chunk's float32 softmaxes as residuals (one [B, T, V] per model)
+    or accumulate the logits' cotangent through a full-size carry at every step."""
+    f32 = jax.ShapeDtypeStruct(targets.shape, jnp.float32)
+    return _over_chunks(_logp_and_full_kl_rows, c, (logits, ref_logits, targets), (f32, f32))
+
+
+def _chunked_fwd(logits, ref_logits, targets, c):
+    return _chunked_logp_and_full_kl(logits, ref_logits, targets, c), (logits, ref_logits, targets)
+
+
+def _chunked_bwd(c, residuals, cotangents):
+    def chunk_grad(logits, ref_logits, targets, g_logp, g_kl):
+        _, vjp = jax.vjp(lambda x: _logp_and_full_kl_rows(x, ref_logits, targets), logits)
+        return vjp((g_logp, g_kl))
+
+    logits = residuals[0]
+    (grad,) = _over_chunks(chunk_grad, c, (*residuals, *cotangents), (logits,))
+    return grad, None, None  # the reference is a constant
+
+
+_chunked_logp_and_full_kl.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def logp_and_full_kl(logits, ref_logits, targets, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
+    """`token_logp(logits, targets)` and the exact per-token KL(p_theta || p_ref), float32 [B, T].
+
+    The sequence is processed `chunk_size` positions at a time, all rows together (a sharded batch
+    stays sharded), in a loop whose backward pass is a second loop that recomputes each chunk:
+    the float32 log-softmaxes of both models exist for one chunk only, and the policy logits'
+    cotangent is written chunk by chunk into one buffer in the logits' dtype. Slices of the
+    logits are read in place, never copied, padded or transposed. `chunk_size=None` computes
+    everything at once.
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be a positive number of positions or None, got {chunk_size}"
+        )
+    ref_logits = jax.lax.stop_gradient(ref_logits)
+    if chunk_size is None or chunk_size >= logits.shape[1]:
+        return _logp_and_full_kl_rows(logits, ref_logits, targets)
+    return _chunked_logp_and_full_kl(logits, ref_logits, targets, chunk_size)
+
+
+def deep_token_betas(
+    loss_mask: jax.Array,
+    first: float = 0.5,
+    early: float = 2.0,
+    early_end: int = 5,
+    rest: float = 0.1,
+) -> jax.Array:
+    """Deep Token beta schedule, float32 [B, T], counted from each row's first response token.
+
+    Response token 1 gets `first`, response tokens 2..`early_end` get `early`, later ones `rest`
+    (Qi et al. 2024: 0.5 / 2.0 for tokens 2-5 / 0.1), so rows whose responses start at different
+    offsets get the same schedule. Tokens are numbered among the masked ones; for the usual
+    contiguous response this is the distance from its first token. Unmasked positions get `rest`
+    (they never enter the loss).
+    """
+    mask = loss_mask.astype(bool)
+    k = jnp.cumsum(mask, axis=-1)  # 1-based index among response tokens
+    betas = jnp.where(k == 1, first, jnp.where(k <= early_end, early, rest))
+    return jnp.where(mask, betas, rest).astype(jnp.float32)
+
+
+def _setup(loss_mask, normalizer):
+    """Boolean mask and the loss denominator shared by every objective.
+
+    Masked positions may hold padding targets such as -100: whatever the gather returns there
+    (NaN for out-of-range ids) is dropped by the masked sums and passes no gradient.
+    """
+    mask = loss_mask.astype(bool)
+    n_tokens = jnp.sum(mask, dtype=jnp.int32)
+    denom = n_tokens if normalizer is None else normalizer
+    # A batch without response tokens has loss 0 rather than 0/0.
+    denom = jnp.maximum(jnp.asarray(denom, jnp.float32), 1.0)
+    return mask, n_tokens, denom
+
+
+def _log_ratio(logp, ref_logp, mask):
+    """d = log p_theta - log p_ref on response tokens, 0 elsewhere.
+
+    Zeroing d (not only the final sum) keeps padding values in `ref_logp` (inf, NaN) out of the
+    gradient: a zero cotangent times a non-finite local derivative would still be NaN.
+    """
+    ref_logp = jax.lax.stop_gradient(jnp.asarray(ref_logp, jnp.float32))
+    return jnp.where(mask, logp - ref_logp, 0.0)
+
+
+def _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size):
+    """Label log-probs and per-token KL estimates [B, T], with loud errors for missing inputs."""
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"unknown kl_estimator {kl_estimator!r}; expected one of {KL_ESTIMATORS}")
+    if kl_estimator == "full":
+        if ref_logits is None:
+            raise ValueError(
+                "kl_estimator='full' needs ref_logits (the reference model's logits [B, T, V])"
+            )
+        return logp_and_full_kl(logits, ref_logits, targets, chunk_size)
+    if ref_logp is None:
+        if ref_logits is None:
+            raise ValueError(
+                f"kl_estimator={kl_estimator!r} needs ref_logp (log p_ref of the label tokens, "
+                "[B, T]) or ref_logits"
+            )
+        ref_logp = token_logp(jax.lax.stop_gradient(ref_logits), targets)
+    logp = token_logp(logits, targets)
+    d = _log_ratio(logp, ref_logp, mask)
+    if kl_estimator == "k1":
+        return logp, d
+    if kl_estimator == "k2":
+        return logp, 0.5 * d * d
+    return logp, jnp.exp(-d) - 1.0 + d
+
+
+def _msum(x, mask, denom):
+    """Sum of a per-token quantity over response tokens, divided by the normaliser."""
+    return jnp.sum(jnp.where(mask, x, 0.0)) / denom
+
+
+def sft_loss(logits, targets, loss_mask, normalizer=None):
+    """Cross-entropy on response tokens."""
+    mask, n_tokens, denom = _setup(loss_mask, normalizer)
+    logp = token_logp(logits, targets)
+    loss = _msum(-logp, mask, denom)
+    return loss, {"loss": loss, "ce": loss, "n_tokens": n_tokens}
+
+
+def rs_loss(logits, targets, loss_mask, example_weights, normalizer=None):
+    """Static shaping: each example's CE scaled by one weight from the guardrail's verdict on the
+    whole response (hard 0/1 or soft P(safe)), `example_weights` [B]."""
+    mask, n_tokens, denom = _setup(loss_mask, normalizer)
+    logp = token_logp(logits, targets)
+    w = jnp.asarray(example_weights, jnp.float32)[:, None]
+    loss = _msum(-w * logp, mask, denom)
+    metrics = {
+        "loss": loss,
+        "ce": _msum(-logp, mask, denom),
+        "example_weight": _msum(w, mask, denom),
+        "n_tokens": n_tokens,
+    }
+    return loss, metrics
+
+
+def star_dss_loss(
+    logits,
+    targets,
+    loss_mask,
+    star_weights,
+    ref_logp=None,
+    ref_logits=None,
+    kl_coef=0.5,
+    kl_estimator="k2",
+    normalizer=None,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+):
+    """STAR-DSS: `sum_t [w_t CE_t + (1 - w_t) kl_coef KL_t] / N`.
+
+    Tokens the guardrail deems safe (w near 1) are imitated; unsafe ones (w near 0) are held to the
+    reference model. `star_weights` [B, T] holds w_t per token. k1/k2/k3 need only `ref_logp`
+    (precomputable once per dataset; derived from `ref_logits` if only those are given), `full`
+    needs `ref_logits` and is computed `chunk_size` positions at a time (see `logp_and_full_kl`).
+    """
+    mask, n_tokens, denom = _setup(loss_mask, normalizer)
+    logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size)
+    w = jnp.where(mask, jnp.asarray(star_weights, jnp.float32), 0.0)
+    loss = _msum(w * -logp + (1.0 - w) * kl_coef * kl, mask, denom)
+    metrics = {
+        "loss": loss,
+        "ce": _msum(-logp, mask, denom),
+        "kl": _msum(kl, mask, denom),
+        "star_weight": _msum(w, mask, denom),
+        "n_tokens": n_tokens,
+    }
+    return loss, metrics
+
+
+def deep_token_loss(logits, targets, loss_mask, ref_logp, betas=None, normalizer=None):
+    """Deep Token (Qi et al. 2024): `-sum_t (2/beta_t) log sigmoid(beta_t d_t) / N` with
+    d_t = log p_theta(y_t) - log p_ref(y_t).
+
+    At d = 0 its gradient is exactly SFT's (-grad log p); as the policy drifts from the reference
+    the sigmoid saturates, and large betas on the first response tokens keep those close to the
+    reference. `betas` [B, T] (or a scalar) defaults to `deep_token_betas(loss_mask)`.
+    """
+    if ref_logp is None:
+        raise ValueError("deep_token_loss needs ref_logp (log p_ref of the label tokens, [B, T])")
+    mask, n_tokens, denom = _setup(loss_mask, normalizer)
+    logp = token_logp(logits, targets)
+    beta = deep_token_betas(mask) if betas is None else jnp.asarray(betas, jnp.float32)
+    d = _log_ratio(logp, ref_logp, mask)
+    loss = _msum(-(2.0 / beta) * jax.nn.log_sigmoid(beta * d), mask, denom)
+    metrics = {
+        "loss": loss,
+        "ce": _msum(-logp, mask, denom),
+        "log_ratio": _msum(d, mask, denom),
+        "n_tokens": n_tokens,
+    }
+    return loss, metrics
+
+
+def kl_only_loss(
+    logits,
+    targets,
+    loss_mask,
+    ref_logp=None,
+    ref_logits=None,
+    kl_estimator="k2",
+    normalizer=None,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+):
+    """Only hold the policy to the reference: `sum_t KL_t / N` (STAR-DSS with w = 0, kl_coef 1)."""
+    mask, n_tokens, denom = _setup(loss_mask, normalizer)
+    logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size)
+    loss = _msum(kl, mask, denom)
+    return loss, {"loss": loss, "ce": _msum(-logp, mask, denom), "kl": loss, "n_tokens": n_tokens}

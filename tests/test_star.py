@@ -1,0 +1,176 @@
+"""STAR scoring: shared-KV == naive == HF PyTorch guardrail, on real prompts/responses."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers.generation import logits_process as lp
+
+from dss import assets, star
+from dss.segments import word_cuts
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _examples():
+    with open(DATA / "advbench" / "harmful_behaviors.csv") as f:
+        adv = [(r["goal"], r["target"] + ".\n\n" + r["target"].replace("Sure, here", "Step 1:")) for r in csv.DictReader(f)][:6]
+    with open(DATA / "gsm8k" / "train.jsonl") as f:
+        gsm = [json.loads(line) for _, line in zip(range(8), f)]
+    gsm = [(r["question"], r["answer"].replace("\n", "\n\n")) for r in gsm]
+    with open(DATA / "self_instruct" / "seed_tasks.jsonl") as f:
+        rows = [json.loads(line) for line in f][:6]
+    inst = [(r["instruction"], r["instances"][0]["output"]) for r in rows]
+    pairs = adv + gsm + inst + [("Say nothing.", ""), ("Hi!", "   \n "), ("One word?", "Yes.")]
+    return [{"prompt": p, "response": r} for p, r in pairs]
+
+
+EXAMPLES = _examples()
+
+
+def _make_guard(root: Path, template: str, config_cls, seed: int, **extra):
+    texts = [t for ex in EXAMPLES for t in ex.values()]
+    tok = assets.make_tokenizer(root, texts, vocab_size=700, chat_template=template)
+    torch.manual_seed(seed)
+    config = config_cls(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                        max_position_embeddings=4096, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model.save_pretrained(root)
+    return model
+
+
+@pytest.fixture(scope="module")
+def llama_guard(tmp_path_factory):
+    root = tmp_path_factory.mktemp("Llama-Guard-3-tiny")
+    hf = _make_guard(root, assets.LLAMA_GUARD_3_TEMPLATE, transformers.LlamaConfig, 0)
+    return star.Guardrail.from_pretrained(root), hf
+
+
+@pytest.fixture(scope="module")
+def granite_guardian(tmp_path_factory):
+    root = tmp_path_factory.mktemp("granite-guardian-tiny")
+    hf = _make_guard(root, assets.GRANITE_GUARDIAN_TEMPLATE, transformers.GraniteConfig, 1,
+                     embedding_multiplier=4.0, residual_multiplier=0.5, logits_scaling=2.0)
+    return star.Guardrail.from_pretrained(root), hf
+
+
+def _cuts_inside_tokens(guard: star.Guardrail, chunk_size: int) -> int:
+    """Prefixes whose own tokens diverge from the full rendering's before their cut: the full
+    text has a token spanning the cut (e.g. ".\n\n"), so its cache cannot simply be truncated."""
+    count = 0
+    for ex in EXAMPLES:
+        full = guard.adapter.encode(ex["prompt"], ex["response"])
+        for cut in word_cuts(ex["response"], chunk_size)[:-1]:
+            rendered = guard.adapter.render(ex["prompt"], ex["response"][:cut])
+            cut_in_text = rendered.index(ex["response"][:cut]) + cut
+            common = star._common_length(guard.adapter.encode(ex["prompt"], ex["response"][:cut]), full)
+            count += len(guard.adapter.tokenizer.decode(full[:common])) < cut_in_text
+    return count
+
+
+@pytest.mark.parametrize("chunk_unit,chunk_size,every", [("word", 5, 1), ("word", 1, 3), ("token", 4, 2)])
+def test_shared_kv_equals_naive(llama_guard, chunk_unit, chunk_size, every):
+    guard, _ = llama_guard
+    examples = EXAMPLES[::every] + EXAMPLES[-3:]  # always the empty / whitespace / one-word ones
+    shared = star.score(guard, examples, chunk_unit=chunk_unit, chunk_size=chunk_size, method="shared_kv")
+    naive = star.score(guard, examples, chunk_unit=chunk_unit, chunk_size=chunk_size, method="naive")
+    assert sum(len(t.char_ends) for t in shared) > 3 * len(examples)
+    for s, n in zip(shared, naive):
+        assert s.char_ends == n.char_ends
+        np.testing.assert_allclose(s.safe_prob, n.safe_prob, atol=1e-5, rtol=0)
+    spread = np.concatenate([t.safe_prob for t in naive])
+    assert spread.std() > 1e-3  # the random guardrail gives varied scores, so equality means something
+
+
+def test_test_data_has_cuts_inside_tokens(llama_guard):
+    guard, _ = llama_guard
+    assert _cuts_inside_tokens(guard, chunk_size=5) >= 2
+    assert _cuts_inside_tokens(guard, chunk_size=1) >= 10
+
+
+def _hf_prob(hf, ids, verdict_ids, processors=None):
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits[0, -1].float()
+    if processors is not None:
+        logits = processors(torch.tensor([ids]), logits[None])[0]
+    pair = torch.stack([logits[verdict_ids[0]], logits[verdict_ids[1]]])
+    return torch.softmax(pair, 0)[0].item(), logits
+
+
+@pytest.mark.parametrize("which", ["llama_guard", "granite_guardian"])
+def test_naive_equals_hf_pytorch(which, request):
+    guard, hf = request.getfixturevalue(which)
+    examples = EXAMPLES[::3]
+    trajs = star.score(guard, examples, method="naive")
+    for ex, traj in zip(examples, trajs):
+        for cut, p in zip(traj.char_ends, traj.safe_prob):
+            ids = guard.adapter.encode(ex["prompt"], ex["response"][:cut])
+            ref, _ = _hf_prob(hf, ids, guard.adapter.verdict_token_ids)
+            assert abs(p - ref) <= 1e-4, (ex["prompt"], cut)
+
+
+def _hf_processors():
+    s = star.HF_SAMPLING
+    return lp.LogitsProcessorList([
+        lp.RepetitionPenaltyLogitsProcessor(s["repetition_penalty"]),
+        lp.TemperatureLogitsWarper(s["temperature"]),
+        lp.TopKLogitsWarper(s["top_k"]),
+        lp.TopPLogitsWarper(s["top_p"]),
+    ])
+
+
+def test_hf_sampling_mode_matches_hf_processors_end_to_end(llama_guard):
+    """On the random guardrail the verdict words are rarely in the top-p set: NaN where HF drops both."""
+    guard, hf = llama_guard
+    examples = EXAMPLES[:4]
+    trajs = star.score(guard, examples, score_mode="hf_sampling")
+    for ex, traj in zip(examples, trajs):
+        for cut, p in zip(traj.char_ends, traj.safe_prob):
+            ids = guard.adapter.encode(ex["prompt"], ex["response"][:cut])
+            ref, _ = _hf_prob(hf, ids, guard.adapter.verdict_token_ids, _hf_processors())
+            assert (np.isnan(p) and np.isnan(ref)) or abs(p - ref) <= 1e-4
+
+
+@pytest.mark.parametrize("case", ["both_top", "safe_only", "unsafe_seen", "neither"])
+def test_hf_sampling_scores_equal_hf_processors(llama_guard, case):
+    guard, _ = llama_guard
+    safe, unsafe = guard.adapter.verdict_token_ids
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=700).astype(np.float32)
+    seen = list(rng.choice(700, 40, replace=False))
+    top = {"both_top": (9.0, 8.9), "safe_only": (9.0, 2.0), "unsafe_seen": (7.0, 7.1), "neither": (-5.0, -6.0)}[case]
+    logits[safe], logits[unsafe] = top
+    if case == "unsafe_seen":
+        seen.append(unsafe)  # the repetition penalty pushes it below `safe`
+    ids = torch.tensor([seen])
+    processed = _hf_processors()(ids, torch.tensor(logits)[None])[0]
+    pair = torch.stack([processed[safe], processed[unsafe]])
+    ref = float("nan") if torch.isinf(pair).all() else torch.softmax(pair, 0)[0].item()
+    got = star._safe_prob(guard, logits, seen, "hf_sampling")
+    assert (np.isnan(got) and np.isnan(ref)) or abs(got - ref) <= 1e-5
+    if case != "neither":
+        assert not np.isnan(got)
+
+
+def test_ensemble_averages(llama_guard, granite_guardian):
+    a, b = llama_guard[0], granite_guardian[0]
+    examples = EXAMPLES[:5]
+    both = star.score([a, b], examples)
+    one, two = star.score(a, examples), star.score(b, examples)
+    for e, x, y in zip(both, one, two):
+        np.testing.assert_allclose(e.safe_prob, (x.safe_prob + y.safe_prob) / 2, atol=1e-6)
+
+
+def test_bad_input_errors(llama_guard):
+    guard, _ = llama_guard
+    with pytest.raises(ValueError, match="example 1 needs a string 'response'"):
+        star.score(guard, [{"prompt": "a", "response": "b"}, {"prompt": "a"}])
+    with pytest.raises(ValueError, match="method"):
+        star.score(guard, EXAMPLES[:1], method="fast")
+    with pytest.raises(ValueError, match="chunk_unit"):
+        star.score(guard, EXAMPLES[:1], chunk_unit="sentence")
