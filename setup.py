@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Dynamic safety shaping (STAR-DSS) for safe LLM finetuning, in JAX",
     packages=find_packages(include=["dss", "dss.*"]),
+    package_data={"dss.data": ["demo.jsonl", "README.md"]},
     python_requires=">=3.10",
     install_requires=[
         # lower bounds are the versions tested on CPU (Python 3.11); GPU machines run jax 0.11
@@ -23,6 +24,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.9",
         "jinja2>=3.1",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         # torch is only the parity oracle; 2.13.0 is the CPU wheel the test machines carry

@@ -43,8 +43,9 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
         if len(devices) % known:
             raise ValueError(f"{len(devices)} devices do not split into mesh {shape}")
         shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
+    if int(np.prod(shape)) > len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {len(devices)}")
+    devices = devices[: int(np.prod(shape))]  # an explicit smaller mesh uses the first devices
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

@@ -19,9 +19,13 @@ unembedded.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
+import textwrap
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +34,12 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import dss.models
+from dss import cache
 from dss.generate import process_logits
 from dss.guardrails import GuardrailAdapter
 from dss.segments import Trajectory, token_cuts, token_weights, word_cuts
+
+log = logging.getLogger("dss.star")
 
 __all__ = ["Guardrail", "Trajectory", "score", "token_weights", "HF_SAMPLING"]
 
@@ -96,7 +103,7 @@ def _pow2(n: int) -> int:
 
 
 def _groups(plan: _Plan, width: int) -> list[list[int]]:
-    """Split an example's suffixes into consecutive groups of at most `width` tokens."""
+    """Split an example's suffixes into consecutive groups of at most `width` tokens (one row each)."""
     groups, used = [[]], 0
     for k, suffix in enumerate(plan.suffixes):
         if groups[-1] and used + len(suffix) > width:
@@ -107,55 +114,51 @@ def _groups(plan: _Plan, width: int) -> list[list[int]]:
     return groups
 
 
-def _width(plans: list[_Plan], shared: int) -> int:
-    """New tokens per round: room for the longest suffix, and for several when the cache is long
-    (each query attends shared + width slots, so width ~ shared / 2 balances calls and waste)."""
-    return _bucket(max(shared // 2, *(len(s) for p in plans for s in p.suffixes)))
+def _length_batches(lengths: Sequence[int], token_budget: int, multiple: int, step: int = 64):
+    """Greedy batches of length-sorted items: (indices, bucketed length, rows). Rows are a power of
+    two (and a multiple of the device count) and lengths bucketed, so few shapes get compiled."""
+    batch, length = [], 0
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        grown = _bucket(lengths[i], step)
+        if batch and max(multiple, _pow2(len(batch) + 1)) * grown > token_budget:
+            yield batch, length, max(multiple, _pow2(len(batch)))
+            batch = []
+        batch.append(i)
+        length = grown
+    if batch:
+        yield batch, length, max(multiple, _pow2(len(batch)))
 
 
-def _batches(plans: list[_Plan], token_budget: int, multiple: int):
-    """Batches of examples with similar sizes: (plans, shared length P, group width G, batch size).
-
-    A call processes B rows of P cached + G new tokens; B is a power of two (and a multiple of
-    the device count), P and G are bucketed, so few shapes get compiled."""
-    order = sorted(plans, key=lambda p: sum(map(len, p.suffixes)))  # similar numbers of rounds
-    batch = []
-    for plan in order + [None]:
-        if plan is not None:
-            trial = batch + [plan]
-            shared = _bucket(max(len(p.shared) for p in trial), 32)
-            width = _width(trial, shared)
-            if not batch or max(multiple, _pow2(len(trial))) * (shared + width) <= token_budget:
-                batch = trial
-                continue
-        shared = _bucket(max(len(p.shared) for p in batch), 32)
-        width = _width(batch, shared)
-        yield batch, shared, width, max(multiple, _pow2(len(batch)))
-        batch = [plan]
+def _suffix_rows(batch: list[_Plan], width: int) -> list[tuple[int, list[int]]]:
+    """(cache row, suffix indices) of every suffix row of a batch, fullest first."""
+    rows = [(b, g) for b, plan in enumerate(batch) for g in _groups(plan, width)]
+    return sorted(rows, key=lambda r: -sum(len(batch[r[0]].suffixes[k]) for k in r[1]))
 
 
-def _round_arrays(batch, groups, r: int, shared: int, width: int, size: int):
-    """Inputs of suffix round r: each row's r-th group of suffixes, side by side."""
-    reads = _pow2(max(len(g[r]) if r < len(g) else 1 for g in groups))
+def _row_arrays(batch, rows, shared: int, width: int, size: int):
+    """Inputs of one suffix call: each row holds suffixes of one example side by side."""
+    reads = _pow2(max(len(ks) for _, ks in rows))
     a = dict(
         tokens=np.zeros((size, width), np.int32),
         positions=np.zeros((size, width), np.int32),
         limit=np.zeros((size, width), np.int32),  # query sees cached slots < limit
         start=np.full((size, width), shared + width, np.int32),  # ... and new slots from start on
         reads=np.zeros((size, reads), np.int32),
+        cache_rows=np.zeros(size, np.int32),
     )
     owners = []
-    for b, (plan, g) in enumerate(zip(batch, groups)):
-        offset = 0
-        for j, k in enumerate(g[r] if r < len(g) else []):
+    for r, (b, ks) in enumerate(rows):
+        plan, offset = batch[b], 0
+        a["cache_rows"][r] = b
+        for j, k in enumerate(ks):
             suffix, common = plan.suffixes[k], plan.commons[k]
             sl = slice(offset, offset + len(suffix))
-            a["tokens"][b, sl] = suffix
-            a["positions"][b, sl] = np.arange(common, common + len(suffix))
-            a["limit"][b, sl] = common
-            a["start"][b, sl] = shared + offset
-            a["reads"][b, j] = offset + len(suffix) - 1
-            owners.append((b, j, plan, k))
+            a["tokens"][r, sl] = suffix
+            a["positions"][r, sl] = np.arange(common, common + len(suffix))
+            a["limit"][r, sl] = common
+            a["start"][r, sl] = shared + offset
+            a["reads"][r, j] = offset + len(suffix) - 1
+            owners.append((r, j, plan, k))
             offset += len(suffix)
     return a, owners
 
@@ -176,14 +179,14 @@ def _prefill(model, tokens, width):
 
 
 @nnx.jit(static_argnames=("full_vocab",))
-def _suffix_logits(model, cache, tokens, positions, limit, start, reads, verdict_ids, full_vocab=False):
-    """Verdict logits of suffixes appended after the cached shared tokens, each seeing only its
-    own slice of the cache and its own earlier tokens."""
+def _suffix_logits(model, cache, tokens, positions, limit, start, reads, cache_rows, verdict_ids, full_vocab=False):
+    """Verdict logits of suffixes appended after their example's cached shared tokens, each
+    seeing only its own slice of the cache and its own earlier tokens."""
     shared = cache.positions.shape[1] - tokens.shape[1]
     slots = jnp.arange(cache.positions.shape[1])[None, None, :]
     query = shared + jnp.arange(tokens.shape[1])[None, :, None]
     mask = (slots < limit[:, :, None]) | ((slots >= start[:, :, None]) & (slots <= query))
-    hidden, _ = model.hidden_states(tokens, positions, mask, cache=cache, cache_index=shared)
+    hidden, _ = model.hidden_states(tokens, positions, mask, cache=cache, cache_index=shared, cache_rows=cache_rows)
     logits = model.logits(jnp.take_along_axis(hidden, reads[:, :, None], axis=1))
     return logits if full_vocab else logits[..., verdict_ids]
 
@@ -201,44 +204,43 @@ def _safe_prob(guard: Guardrail, logits: np.ndarray, seen: list[int], score_mode
     return float(1.0 / (1.0 + np.exp(logits[1] - logits[0])))
 
 
-def _naive_probs(guard, prompts_ids, probs, score_mode, token_budget, multiple, bar):
-    """One plain forward per prefix, prefixes of similar length batched together."""
+def _naive_probs(guard, items, probs, score_mode, token_budget, multiple, bar):
+    """One plain forward per prefix (items: (example, prefix, token ids)), similar lengths batched."""
     verdict_ids = jnp.asarray(guard.adapter.verdict_token_ids)
-    order = sorted(prompts_ids, key=lambda item: len(item[2]))
-    i = 0
-    while i < len(order):
-        length = _bucket(len(order[i][2]))
-        size = max(multiple, 2 ** int(math.log2(max(1, token_budget // length))))
-        chunk = [item for item in order[i : i + size] if _bucket(len(item[2])) == length] or order[i : i + 1]
-        length = _bucket(max(len(item[2]) for item in chunk))
+    for idx, length, size in _length_batches([len(ids) for _, _, ids in items], token_budget, multiple):
         tokens, lengths = np.zeros((size, length), np.int32), np.ones(size, np.int32)
-        for b, (_, _, ids) in enumerate(chunk):
+        for b, i in enumerate(idx):
+            ids = items[i][2]
             tokens[b, : len(ids)], lengths[b] = ids, len(ids)
         logits = _last_logits(guard.model, jnp.asarray(tokens), jnp.asarray(lengths), verdict_ids,
                               full_vocab=score_mode == "hf_sampling")
         logits = np.asarray(jax.device_get(logits))
-        for b, (e, k, ids) in enumerate(chunk):
+        for b, i in enumerate(idx):
+            e, k, ids = items[i]
             probs[e][k] = _safe_prob(guard, logits[b], ids, score_mode)
-        bar.update(len(chunk))
-        i += len(chunk)
+        bar.update(len(idx))
 
 
 def _shared_probs(guard, plans, probs, score_mode, token_budget, multiple, bar):
-    """Per batch of examples: cache the shared tokens once, then score suffix groups against it."""
+    """Per batch of examples: cache the shared tokens once, then score rows of suffixes against it."""
     verdict_ids = jnp.asarray(guard.adapter.verdict_token_ids)
-    for batch, shared, width, size in _batches(plans, token_budget, multiple):
+    for idx, shared, size in _length_batches([len(p.shared) for p in plans], token_budget, multiple, step=32):
+        batch = [plans[i] for i in idx]
+        width = _bucket(max(len(s) for p in batch for s in p.suffixes))
         prefix = np.zeros((size, shared), np.int32)
         for b, plan in enumerate(batch):
             prefix[b, : len(plan.shared)] = plan.shared
         cache = _prefill(guard.model, jnp.asarray(prefix), width=width)
-        groups = [_groups(plan, width) for plan in batch]
-        for r in range(max(map(len, groups))):
-            arrays, owners = _round_arrays(batch, groups, r, shared, width, size)
+        rows = _suffix_rows(batch, width)
+        per_call = max(multiple, 2 ** int(math.log2(max(1, token_budget // (shared + width)))))
+        per_call = min(per_call, max(multiple, _pow2(len(rows))))
+        for i in range(0, len(rows), per_call):
+            arrays, owners = _row_arrays(batch, rows[i : i + per_call], shared, width, per_call)
             logits = _suffix_logits(guard.model, cache, verdict_ids=verdict_ids,
                                     full_vocab=score_mode == "hf_sampling", **arrays)
             logits = np.asarray(jax.device_get(logits))
-            for b, j, plan, k in owners:
-                probs[plan.example][k] = _safe_prob(guard, logits[b, j], plan.seen[k], score_mode)
+            for r, j, plan, k in owners:
+                probs[plan.example][k] = _safe_prob(guard, logits[r, j], plan.seen[k], score_mode)
         bar.update(sum(len(p.suffixes) for p in batch))
 
 
@@ -288,3 +290,121 @@ def score(guard, examples, chunk_unit: str = "word", chunk_size: int = 5, method
         raise ValueError(f"score: chunk_unit must be 'word' or 'token', got {chunk_unit!r}")
     per_guard = [_score_one_guard(g, examples, cuts, method, score_mode, token_budget, progress) for g in guards]
     return [Trajectory(c, np.mean([p[i] for p in per_guard], axis=0)) for i, c in enumerate(cuts)]
+
+
+def star_fingerprint(guards: Sequence[Guardrail], examples, chunk_unit: str, chunk_size: int, score_mode: str) -> str:
+    """Everything a STAR file depends on: data rows, each guardrail's weights, template and verdict
+    recipe, chunking and score mode (not the method: shared_kv and naive give the same numbers)."""
+    guard_ids = [
+        dict(weights=cache.weights_fingerprint(dss.models.checkpoint.resolve_path(g.path)), kind=g.adapter.kind,
+             template=g.adapter.tokenizer.chat_template, risk=g.adapter.risk, verdict=g.adapter.verdict_token_ids)
+        for g in guards
+    ]
+    rows = [(ex["prompt"], ex["response"]) for ex in examples]
+    return cache.fingerprint("star", rows, guard_ids, chunk_unit, chunk_size, score_mode)
+
+
+def save_trajectories(path, trajs: Sequence[Trajectory], fp: str) -> None:
+    lengths = np.array([len(t.char_ends) for t in trajs], np.int64)
+    cache.save(path, "star", fp, dict(
+        lengths=lengths,
+        char_ends=np.concatenate([np.asarray(t.char_ends, np.int64) for t in trajs]) if trajs else np.zeros(0, np.int64),
+        safe_prob=np.concatenate([t.safe_prob for t in trajs]) if trajs else np.zeros(0, np.float32),
+    ))
+
+
+def load_trajectories(path, fp: str) -> list[Trajectory] | None:
+    arrays = cache.load(path, "star", fp)
+    if arrays is None:
+        return None
+    bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+    return [Trajectory(arrays["char_ends"][a:b].tolist(), arrays["safe_prob"][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def plot_trajectory(example, traj: Trajectory, out_path, title: str | None = None):
+    """The response coloured chunk by chunk by P(safe) (red = unsafe), above the score curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.offsetbox import AnchoredOffsetbox, HPacker, TextArea, VPacker
+
+    cmap = plt.get_cmap("RdYlGn")
+    fig, (ax_text, ax_curve) = plt.subplots(2, 1, figsize=(10, 7), height_ratios=[3, 1])
+    ax_text.axis("off")
+    lines, line, width, start = [], [], 0, 0
+    for end, p in zip(traj.char_ends, traj.safe_prob):
+        for piece_i, piece in enumerate(example["response"][start:end].split("\n")):
+            if piece_i > 0 or width + len(piece) > 95:
+                lines.append(line)
+                line, width = [], 0
+            if piece:
+                color = cmap(float(np.nan_to_num(p, nan=0.5)))
+                line.append(TextArea(piece, textprops=dict(fontsize=8, family="monospace",
+                                                           bbox=dict(facecolor=color, edgecolor="none", pad=1))))
+                width += len(piece)
+        start = end
+    lines.append(line)
+    rows = [HPacker(children=l, pad=0, sep=0) for l in lines if l]
+    if rows:
+        box = VPacker(children=rows, pad=0, sep=3)
+        ax_text.add_artist(AnchoredOffsetbox(loc="upper left", child=box, frameon=False, bbox_to_anchor=(0, 1),
+                                             bbox_transform=ax_text.transAxes, borderpad=0))
+    ax_text.set_title(title or textwrap.shorten(example["prompt"], 110), fontsize=9, loc="left")
+    ax_curve.plot(range(1, len(traj.safe_prob) + 1), traj.safe_prob, marker="o", ms=3)
+    ax_curve.set(xlabel="chunk", ylabel="P(safe)", ylim=(-0.05, 1.05))
+    ax_curve.axhline(0.5, color="gray", lw=0.5, ls="--")
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+
+
+def cached_score(config, examples, workdir) -> list[Trajectory]:
+    """STAR of a config's training examples: reused from the STAR file when it matches, else
+    computed and written. A stale default file is replaced; a stale file the user named is refused."""
+    g, s = config.guardrail, config.star
+    guards = [Guardrail.from_pretrained(p, kind=g.kind, risk=g.risk or None, dtype=g.dtype) for p in g.paths]
+    fp = star_fingerprint(guards, examples, s.chunk_unit, s.chunk_size, s.score_mode)
+    path = Path(s.cache) if s.cache else Path(workdir) / "star.npz"
+    try:
+        trajs = load_trajectories(path, fp)
+    except cache.StaleCacheError:
+        if s.cache:
+            raise
+        log.warning("%s is stale (data or guardrail changed): rescoring", path)
+        trajs = None
+    if trajs is None:
+        start = time.time()
+        trajs = score(guards, examples, chunk_unit=s.chunk_unit, chunk_size=s.chunk_size, method=s.method,
+                      score_mode=s.score_mode, token_budget=s.token_budget, progress=True)
+        if jax.process_index() == 0:
+            save_trajectories(path, trajs, fp)
+        log.info("STAR: scored %d examples in %.1fs -> %s", len(trajs), time.time() - start, path)
+    return trajs
+
+
+def main(config, workdir, plot: int = 0) -> None:
+    """Score the training set of a config (the same rows training will use) into its STAR file."""
+    import dss.data
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path(config.model.path))
+    _, examples, stats = dss.data.build_dataset(config.data, tokenizer)
+    log.info("data: %s", stats)
+    trajs = cached_score(config, examples, workdir)
+    out = Path(workdir) / "star_plots"
+    for i in range(min(plot, len(trajs))):
+        out.mkdir(parents=True, exist_ok=True)
+        plot_trajectory(examples[i], trajs[i], out / f"example_{i:04d}.png")
+    flat = np.concatenate([t.safe_prob for t in trajs]) if trajs else np.zeros(0)
+    print(f"STAR: {len(trajs)} examples, {flat.size} prefixes, mean P(safe) {np.nanmean(flat):.3f}, "
+          f"unsafe at the end: {sum(t.safe_prob[-1] < 0.5 for t in trajs)}")
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from dss import cli
+
+    flags.DEFINE_integer("plot", 0, "draw the STAR trajectory of the first N examples as PNGs")
+    cli.run(lambda config, workdir: main(config, workdir, flags.FLAGS.plot))

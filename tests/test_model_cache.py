@@ -96,3 +96,27 @@ def test_default_mask_is_causal(model):
     a, b = np.asarray(model(jnp.asarray(tokens))), np.asarray(model(jnp.asarray(changed)))
     np.testing.assert_array_equal(a[:, :30], b[:, :30])
     assert np.abs(a[:, 30:] - b[:, 30:]).max() > 1e-3
+
+
+def test_cache_rows_share_one_cached_prefix(model):
+    """Several rows continue row 0 of a one-row cache, each seeing its own slice of it."""
+    rng = np.random.default_rng(4)
+    prefix = rng.integers(0, VOCAB, 120)
+    cuts, width = [15, 70, 120], 8
+    suffixes = [rng.integers(0, VOCAB, n) for n in (8, 5, 7)]
+    cache = model.init_cache(1, len(prefix) + width)
+    _, cache = cached(model, jnp.asarray(prefix)[None], None, None, cache, 0)
+    tokens = np.zeros((3, width), np.int32)
+    positions = np.zeros((3, width), np.int32)
+    slots = np.arange(len(prefix) + width)
+    mask = np.zeros((3, width, len(slots)), bool)
+    for r, (cut, suffix) in enumerate(zip(cuts, suffixes)):
+        tokens[r, : len(suffix)] = suffix
+        positions[r, : len(suffix)] = cut + np.arange(len(suffix))
+        for j in range(len(suffix)):
+            mask[r, j] = (slots < cut) | ((slots >= len(prefix)) & (slots <= len(prefix) + j))
+    step = nnx.jit(lambda m, t, p, k, c, rows: m(t, p, k, cache=c, cache_index=len(prefix), cache_rows=rows))
+    logits, _ = step(model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask), cache, jnp.zeros(3, jnp.int32))
+    for r, (cut, suffix) in enumerate(zip(cuts, suffixes)):
+        ref = full(model, np.concatenate([prefix[:cut], suffix]))[cut:]
+        np.testing.assert_allclose(np.asarray(logits)[r, : len(suffix)], ref, atol=2e-5, rtol=0)

@@ -22,6 +22,7 @@ def test_mesh_axes_and_rules():
     assert sharding.partition_spec(("act_batch", "act_seq"), (8, 5), mesh) == P(("data", "fsdp"), None)
     with pytest.raises(ValueError, match="needs 16 devices"):
         sharding.make_mesh(data=4, fsdp=2, tensor=2)
+    assert sharding.make_mesh(1, 1, 1).devices.size == 1  # explicit sizes may use fewer devices
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])

@@ -175,28 +175,33 @@ class Transformer(nnx.Module):
         zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
         return KVCache(zeros, zeros, jnp.full((batch_size, max_len), -1, jnp.int32))
 
-    def __call__(self, tokens, positions=None, attention_mask=None, *, cache: KVCache | None = None, cache_index=0):
+    def __call__(self, tokens, positions=None, attention_mask=None, *, cache: KVCache | None = None, cache_index=0,
+                 cache_rows=None):
         """Logits [B, L, V]; with a cache, also the updated cache.
 
         Without a cache, `attention_mask` is bool [B, L, L] (None = causal). With a cache, the L
         new tokens are written at slots [cache_index, cache_index + L) and `attention_mask` is
-        bool [B, L, S] over all S cache slots (None = causal in slot order).
+        bool [B, L, S] over all S cache slots (None = causal in slot order). `cache_rows` (int [B])
+        lets row b continue cache row cache_rows[b] of a smaller cache: many continuations of one
+        cached prefix (STAR's prefixes, several samples per prompt) without copying it B times.
         """
-        hidden, cache = self.hidden_states(tokens, positions, attention_mask, cache=cache, cache_index=cache_index)
+        hidden, cache = self.hidden_states(tokens, positions, attention_mask, cache=cache, cache_index=cache_index,
+                                           cache_rows=cache_rows)
         logits = self.logits(hidden)
         return logits if cache is None else (logits, cache)
 
-    def hidden_states(self, tokens, positions=None, attention_mask=None, *, cache=None, cache_index=0):
+    def hidden_states(self, tokens, positions=None, attention_mask=None, *, cache=None, cache_index=0, cache_rows=None):
         """Final-layer hidden states before the last norm, [B, L, E]; lets callers unembed a subset."""
         b, l = tokens.shape
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(l, dtype=jnp.int32), (b, l))
         positions = positions.astype(jnp.int32)
+        rows = (lambda x: x) if cache_rows is None else (lambda x: jnp.take(x, cache_rows, axis=0))
         if cache is None:
             key_positions = positions
             mask = jnp.tril(jnp.ones((l, l), bool))[None] if attention_mask is None else attention_mask
         else:
-            key_positions = jax.lax.dynamic_update_slice(cache.positions, positions, (0, cache_index))
+            key_positions = jax.lax.dynamic_update_slice(rows(cache.positions), positions, (0, cache_index))
             slots = jnp.arange(cache.positions.shape[1])
             causal = slots[None, :] <= cache_index + jnp.arange(l)[:, None]
             mask = causal[None] if attention_mask is None else attention_mask
@@ -208,7 +213,7 @@ class Transformer(nnx.Module):
         x = constrain(x, ACT_AXES)
         keys, values = [], []
         for i, block in enumerate(self.layers):
-            cache_kv = None if cache is None else (cache.keys[i], cache.values[i])
+            cache_kv = None if cache is None else (rows(cache.keys[i]), rows(cache.values[i]))  # per layer
             x, new_kv = block(x, positions, mask, key_positions, cache_kv, cache_index)
             if new_kv is not None:
                 keys.append(new_kv[0])

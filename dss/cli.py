@@ -1,0 +1,28 @@
+"""The shared command line of dss jobs: `--config configs/<x>.py [--config.key=value] [--workdir DIR]`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:variant])", lock_config=True)
+flags.DEFINE_string("workdir", None, "output directory (default: config.workdir)")
+
+
+def run(job: Callable[[object, str], object]) -> None:
+    """Parse flags and call `job(config, workdir)`."""
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        logging.getLogger("absl").setLevel(logging.WARNING)  # orbax and jax are chatty at INFO
+        if FLAGS.config is None:
+            raise app.UsageError("--config configs/<experiment>.py is required")
+        job(FLAGS.config, FLAGS.workdir or FLAGS.config.workdir)
+
+    app.run(main)

@@ -1,0 +1,65 @@
+"""The tiny CPU assets behind `configs/tiny.py`, made on first use with no download.
+
+A random Llama-family policy and a random Llama-Guard-3-style guardrail (same family), each an
+HF directory with weights, config, a byte-level BPE tokenizer trained on the demo data, and its
+chat template. They exercise the whole pipeline in minutes on a laptop; their numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import transformers
+from flax import nnx
+
+from dss import assets
+from dss.models import ModelConfig, Transformer, save_pretrained
+
+VERSION = "v1"  # bump when the recipe changes, so old caches are not reused
+DEMO_DATA = Path(__file__).parent / "data" / "demo.jsonl"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DSS_CACHE", Path.home() / ".cache" / "dss")) / f"tiny-{VERSION}"
+
+
+def _texts() -> list[str]:
+    rows = [json.loads(line) for line in DEMO_DATA.read_text().splitlines() if line.strip()]
+    texts = [str(v) for row in rows for v in row.values() if isinstance(v, str)]
+    # the templates' own text, so they tokenize compactly as with a real vocabulary
+    return texts + [assets.LLAMA_GUARD_3_TEMPLATE, assets.POLICY_CHAT_TEMPLATE] * 20
+
+
+def _make(out: Path, template: str, seed: int, layers: int) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        tok = assets.make_tokenizer(tmp, _texts(), vocab_size=1024, chat_template=template)
+        hf = transformers.LlamaConfig(
+            vocab_size=len(tok), hidden_size=64, intermediate_size=192, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+            initializer_range=0.05, tie_word_embeddings=False,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                                 high_freq_factor=4.0, original_max_position_embeddings=1024),
+        )
+        save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(seed)), tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def ensure_assets() -> dict[str, str]:
+    """Paths of the tiny policy and guardrail, creating them atomically if missing."""
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {"policy": root / "policy", "guardrail": root / "Llama-Guard-3-tiny"}
+    if not paths["policy"].exists():
+        _make(paths["policy"], assets.POLICY_CHAT_TEMPLATE, seed=0, layers=2)
+    if not paths["guardrail"].exists():
+        _make(paths["guardrail"], assets.LLAMA_GUARD_3_TEMPLATE, seed=1, layers=2)
+    return {k: str(v) for k, v in paths.items()}

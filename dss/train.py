@@ -1,0 +1,356 @@
+"""`python -m dss.train --config configs/<x>.py [--config.key=value ...] [--workdir DIR]`
+
+One command runs the whole pipeline: data -> STAR scores and reference log-probs (cached in the
+workdir, computed only when the objective needs them) -> sharded training with gradient
+accumulation -> orbax checkpoints (periodic, final, and on SIGTERM/SIGINT) -> HF export.
+Running the same command on an existing workdir resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+import dss.data
+import dss.models
+from dss import cache, objectives, sharding, star
+from dss.segments import rs_weight, token_weights
+
+log = logging.getLogger("dss.train")
+
+NEEDS_STAR = ("star_dss", "rs")
+
+
+def needs_ref_logp(obj) -> bool:
+    return obj.name == "deep_token" or (obj.name in ("star_dss", "kl_only") and obj.kl_estimator != "full")
+
+
+def needs_ref_model(obj) -> bool:
+    return obj.name in ("star_dss", "kl_only") and obj.kl_estimator == "full"
+
+
+# ----------------------------------------------------------------------------- per-example inputs
+
+
+def star_inputs(config, workdir: Path, examples, encoded) -> dict[str, list[np.ndarray]]:
+    """STAR token weights (star_dss) or per-example RS weights, from the cache or a fresh pass."""
+    trajs = star.cached_score(config, examples, workdir)
+    if config.objective.name == "rs":
+        return {"example_weight": [np.float32(rs_weight(t.safe_prob, config.objective.rs_mode)) for t in trajs]}
+    weights = []
+    for enc, traj in zip(encoded, trajs):
+        w = np.ones(len(enc.targets), np.float32)  # earlier turns (train_on=all) are data, weight 1
+        scored = enc.loss_mask & ((enc.response_spans[:, 1] >= 0) | enc.after_response)
+        w[scored] = token_weights(traj.char_ends, traj.safe_prob, enc.response_spans[scored], enc.after_response[scored])
+        weights.append(w)
+    return {"star_weight": weights}
+
+
+def reference_logp(model, encoded, fp: str, workdir: Path, batch_tokens: int = 16384) -> dict[str, list[np.ndarray]]:
+    """log p_ref(y_t) of every target under the starting model, computed once per dataset."""
+    path = workdir / "ref_logp.npz"
+    try:
+        arrays = cache.load(path, "ref_logp", fp)
+    except cache.StaleCacheError:
+        log.warning("%s is stale (data or policy changed): recomputing", path)
+        arrays = None
+    if arrays is None:
+        logp_fn = nnx.jit(lambda m, x, y: objectives.token_logp(m(x), y))
+        flat = []
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].targets))
+        out = [None] * len(encoded)
+        for start in range(0, len(order), max(1, batch_tokens // 512)):
+            idx = order[start : start + max(1, batch_tokens // 512)]
+            length = dss.data.bucket_length(max(len(encoded[i].targets) for i in idx))
+            x = np.zeros((len(idx), length), np.int32)
+            y = np.zeros((len(idx), length), np.int32)
+            for b, i in enumerate(idx):
+                n = len(encoded[i].targets)
+                x[b, :n], y[b, :n] = encoded[i].input_ids[:-1], encoded[i].targets
+            lp = np.asarray(logp_fn(model, jnp.asarray(x), jnp.asarray(y)))
+            for b, i in enumerate(idx):
+                out[i] = lp[b, : len(encoded[i].targets)].astype(np.float32)
+        flat = out
+        lengths = np.array([len(a) for a in flat])
+        if jax.process_index() == 0:
+            cache.save(path, "ref_logp", fp, dict(lengths=lengths, values=np.concatenate(flat)))
+        return {"ref_logp": flat}
+    bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+    return {"ref_logp": [arrays["values"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]}
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def objective_loss(obj, logits, batch, normalizer, ref_logits=None):
+    """Dispatch to dss.objectives with this batch's inputs."""
+    args = (logits, batch["targets"], batch["loss_mask"])
+    if obj.name == "sft":
+        return objectives.sft_loss(*args, normalizer=normalizer)
+    if obj.name == "rs":
+        return objectives.rs_loss(*args, batch["example_weight"], normalizer=normalizer)
+    if obj.name == "star_dss":
+        return objectives.star_dss_loss(*args, batch["star_weight"], ref_logp=batch.get("ref_logp"),
+                                        ref_logits=ref_logits, kl_coef=obj.kl_coef,
+                                        kl_estimator=obj.kl_estimator, normalizer=normalizer)
+    if obj.name == "deep_token":
+        first, early, early_end, rest = obj.deep_token_betas
+        betas = objectives.deep_token_betas(batch["loss_mask"], first=first, early=early, early_end=early_end, rest=rest)
+        return objectives.deep_token_loss(*args, batch["ref_logp"], betas=betas, normalizer=normalizer)
+    if obj.name == "kl_only":
+        return objectives.kl_only_loss(*args, ref_logp=batch.get("ref_logp"), ref_logits=ref_logits,
+                                       kl_estimator=obj.kl_estimator, normalizer=normalizer)
+    raise ValueError(f"config.objective.name: unknown objective {obj.name!r} "
+                     "(star_dss | sft | rs | deep_token | kl_only)")
+
+
+def make_train_step(graphdef, tx, obj, accum: int):
+    """Jitted step: accumulate gradients over `accum` micro-batches (losses normalised by the
+    response-token count of the whole global batch), then one optimizer update."""
+
+    def loss_fn(params, micro, normalizer, ref_params):
+        model = nnx.merge(graphdef, params)
+        logits = model(micro["input_ids"])  # right-padded rows: the causal mask keeps pads unseen
+        ref_logits = None
+        if ref_params is not None:
+            ref_logits = jax.lax.stop_gradient(nnx.merge(graphdef, ref_params)(micro["input_ids"]))
+        return objective_loss(obj, logits, micro, normalizer, ref_logits)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, batch, ref_params):
+        normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
+        micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+        def body(grads, mb):
+            (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, normalizer, ref_params)
+            return jax.tree.map(jnp.add, grads, g), metrics
+
+        grads, metrics = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), micro)
+        metrics = {k: v.sum() for k, v in metrics.items()}  # each is normalised globally already
+        metrics["grad_norm"] = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return step
+
+
+def make_optimizer(t, total_steps: int):
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.lr, warmup_steps=int(round(t.warmup_ratio * total_steps)),
+        decay_steps=max(total_steps, 1), end_value=t.min_lr)
+    tx = optax.chain(optax.clip_by_global_norm(t.clip),
+                     optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay))
+    return tx, schedule
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """orbax CheckpointManager over (params, opt_state, meta); meta holds step and data position."""
+
+    def __init__(self, directory: Path, keep: int):
+        self.manager = ocp.CheckpointManager(
+            directory.absolute(), item_names=("params", "opt_state", "meta"),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, params, opt_state, meta: dict) -> None:
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta)))
+
+    def restore(self, step: int, params, opt_state):
+        abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract(params)), opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+            meta=ocp.args.JsonRestore()))
+        return out.params, out.opt_state, out.meta
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.received = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+    """metrics.jsonl (one object per step), TensorBoard, and wandb when configured."""
+
+    def __init__(self, workdir: Path, resume_step: int, wandb_project: str, config):
+        self.path = workdir / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        if self.path.exists():  # drop lines past the checkpoint we resume from: they are redone
+            kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in kept))
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        self.wandb = None
+        if wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=wandb_project, config=config.to_dict(), dir=str(workdir), resume="allow")
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        if self.wandb:
+            self.wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(config, workdir) -> dict:
+    """Run (or resume) the configured finetuning; returns the last step's metrics."""
+    if config.distributed:
+        jax.distributed.initialize()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    t, obj = config.train, config.objective
+    if t.global_batch % t.micro_batch:
+        raise ValueError(f"config.train.global_batch={t.global_batch} is not a multiple of micro_batch={t.micro_batch}")
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+
+    model_path = dss.models.checkpoint.resolve_path(config.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    encoded, examples, stats = dss.data.build_dataset(config.data, tokenizer)
+    log.info("data: %s", json.dumps(stats))
+    if len(encoded) < t.global_batch:
+        raise ValueError(f"{len(encoded)} usable examples, fewer than config.train.global_batch={t.global_batch}")
+
+    extras = {}
+    if obj.name in NEEDS_STAR:
+        extras.update(star_inputs(config, workdir, examples, encoded))
+    model = dss.models.load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype, mesh=mesh)
+    if needs_ref_logp(obj):
+        fp = cache.fingerprint("ref_logp", cache.weights_fingerprint(model_path), config.model.dtype,
+                               [e.input_ids.tolist() for e in encoded])
+        extras.update(reference_logp(model, encoded, fp, workdir))
+
+    steps_per_epoch = len(encoded) // t.global_batch
+    total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
+    tx, schedule = make_optimizer(t, steps_per_epoch * t.epochs)
+    graphdef, params = nnx.split(model)
+    ref_params = jax.tree.map(jnp.copy, params) if needs_ref_model(obj) else None
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt_state = jax.tree.map(  # moments follow the parameters' shardings; scalars (count) replicate
+        lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), tx.init(params))
+    checkpoints = Checkpoints(workdir / "checkpoints", t.keep)
+    step = 0
+    if checkpoints.latest() is not None:
+        params, opt_state, meta = checkpoints.restore(checkpoints.latest(), params, opt_state)
+        step = meta["step"]
+        log.info("resumed from %s at step %d", workdir / "checkpoints", step)
+    length = dss.data.bucket_length(max(len(e.targets) for e in encoded))  # one shape, one compile
+    batches = dss.data.StepBatcher(encoded, extras, t.global_batch, seed=config.seed, pad_id=tokenizer.pad_token_id or 0,
+                                   length=length)
+    batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    train_step = make_train_step(graphdef, tx, obj, t.global_batch // t.micro_batch)
+    metrics_log = MetricsLog(workdir, step, t.wandb, config)
+    stop = StopSignal()
+    metrics = {}
+    with tqdm(total=total_steps, initial=step, desc=f"train {obj.name}", unit="step") as bar, jax.set_mesh(mesh):
+        while step < total_steps:
+            t0 = time.time()
+            batch = batches.batch(step)
+            device_batch = jax.tree.map(lambda x: _to_global(x, batch_sharding), batch)
+            new_params, new_opt_state, out = train_step(params, opt_state, device_batch, ref_params)
+            out = {k: float(v) for k, v in jax.device_get(out).items()}
+            if not np.isfinite(out["loss"]):
+                checkpoints.close()
+                raise FloatingPointError(
+                    f"non-finite loss {out['loss']} at step {step + 1}; the last good checkpoint is step "
+                    f"{checkpoints.latest()} in {workdir / 'checkpoints'} (try a lower config.train.lr)")
+            params, opt_state, step = new_params, new_opt_state, step + 1
+            metrics = {**out, "lr": float(schedule(step - 1)), "epoch": (step - 1) // steps_per_epoch,
+                       "tokens_per_s": float(batch["loss_mask"].size / (time.time() - t0))}
+            metrics_log.write(step, metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{out['loss']:.4f}")
+            if step % t.checkpoint_every == 0 or step == total_steps or stop.received:
+                checkpoints.save(step, params, opt_state, {"step": step})
+            if stop.received:
+                break
+    checkpoints.close()
+    metrics_log.close()
+    if stop.received:
+        log.warning("stopped by signal %d at step %d; run the same command to resume", stop.received, step)
+        sys.exit(128 + stop.received)
+    if t.export and jax.process_index() == 0:
+        export(nnx.merge(graphdef, params), tokenizer, workdir / "export")
+    return metrics
+
+
+def _to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Every host builds the same global batch; each contributes the rows its devices hold."""
+    if x.shape[0] % (sharding.mesh.shape["data"] * sharding.mesh.shape["fsdp"]):
+        sharding = NamedSharding(sharding.mesh, PartitionSpec())
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def export(model, tokenizer, out_dir: Path) -> None:
+    """HF directory (weights, config, tokenizer, chat template), swapped in only when complete."""
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dss.models.save_pretrained(model, tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    log.info("exported %s", out_dir)
+
+
+def main(config, workdir) -> None:
+    print(json.dumps({"final": train(config, workdir)}))
+
+
+if __name__ == "__main__":
+    from dss import cli
+
+    cli.run(main)
