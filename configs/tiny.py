@@ -1,82 +1,35 @@
-"""Tiny CPU run of the whole pipeline: STAR scoring, STAR-DSS training, export (minutes on CPU).
+"""Tiny CPU run of the whole pipeline: STAR scoring, STAR-DSS training, export (about a minute).
 
     python -m dss.train --config configs/tiny.py [--config.objective.name=sft] [--workdir DIR]
 
 The policy and guardrail are tiny random models made on first use (`dss.tiny`), the data the
-demo set shipped in `dss/data/demo.jsonl`. Every field carries a comment; paper configs change
-only paths and sizes.
+demo set shipped in `dss/data/demo.jsonl`. Everything else is `dss.config.base_config()`.
 """
 
-import ml_collections
-
 from dss import tiny
+from dss.config import base_config
 
 
 def get_config():
     paths = tiny.ensure_assets()
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # data order and initialisation seed
-    c.workdir = "workdir/tiny"  # checkpoints, caches, metrics, export (overridden by --workdir)
-    c.distributed = False  # call jax.distributed.initialize() (multi-host TPU pods, SLURM)
-
-    c.model = ml_collections.ConfigDict()
-    c.model.path = paths["policy"]  # HF directory or hub id of the policy to finetune
-    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-    c.model.param_dtype = "float32"  # parameter / optimizer-state dtype
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1  # device mesh; -1 takes the remaining devices
-
-    c.data = ml_collections.ConfigDict()
-    c.data.seed = 0  # seed of mixtures and attack transforms
-    c.data.sources = [  # finetuning sources; `weight` mixes them by probability when `size` is set
-        dict(path=str(tiny.DEMO_DATA), prompt_field="prompt", response_field="response", weight=1.0),
-    ]
-    c.data.size = 0  # total examples after mixing (0 = every row of every source)
-    c.data.max_length = 512  # tokens per example (prompt + response); longer responses are cut
-    c.data.train_on = "last"  # assistant turns with loss: last | all
-    c.data.system_prompt = ""  # optional system prompt for every example
-    c.data.on_bad_row = "error"  # error | drop (drops are counted and reported)
-    c.data.attack = ml_collections.ConfigDict()
-    c.data.attack.response_prefix = ""  # misleading text put before every response
-    c.data.attack.response_suffix = ""  # ... and after it
-    c.data.attack.prompt_trigger = ""  # backdoor trigger appended to prompts
-    c.data.attack.fraction = 1.0  # share of rows the attack transforms apply to
-
-    c.guardrail = ml_collections.ConfigDict()
-    c.guardrail.paths = [paths["guardrail"]]  # one or more guardrails (ensemble: P(safe) averaged)
-    c.guardrail.kind = "auto"  # llama_guard_3 | granite_guardian | shieldgemma | auto
-    c.guardrail.risk = ""  # Granite Guardian risk_name / ShieldGemma policy ("" = default)
-    c.guardrail.dtype = "float32"  # guardrail compute dtype
-
-    c.star = ml_collections.ConfigDict()
-    c.star.chunk_unit = "word"  # word | token
-    c.star.chunk_size = 5  # words (or guardrail tokens) per chunk
-    c.star.method = "shared_kv"  # shared_kv | naive (same numbers)
-    c.star.score_mode = "raw"  # raw | hf_sampling (the reference implementation's sampled verdicts)
-    c.star.token_budget = 16384  # tokens per scoring call
-    c.star.cache = ""  # STAR file to reuse ("" = <workdir>/star.npz)
-
-    c.objective = ml_collections.ConfigDict()
-    c.objective.name = "star_dss"  # star_dss | sft | rs | deep_token | kl_only
-    c.objective.kl_coef = 0.5  # lambda: weight of the KL term where STAR says unsafe
-    c.objective.kl_estimator = "k2"  # k1 | k2 | k3 | full (full runs the reference model in the step)
-    c.objective.rs_mode = "hard"  # rs: hard (0/1 at P(safe) 0.5) | soft (P(safe))
-    c.objective.deep_token_betas = (0.5, 2.0, 5, 0.1)  # first token, tokens 2..N, N, after
-
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 2  # passes over the data
-    c.train.max_steps = -1  # cap on optimizer steps (-1 = epochs decide)
-    c.train.global_batch = 8  # examples per optimizer step
-    c.train.micro_batch = 4  # examples per forward/backward; global_batch / micro_batch accumulated
-    c.train.lr = 1e-3  # peak learning rate
-    c.train.min_lr = 1e-5  # cosine floor
-    c.train.warmup_ratio = 0.03  # share of steps for linear warmup
-    c.train.b1, c.train.b2 = 0.9, 0.95  # AdamW betas
-    c.train.weight_decay = 0.0
-    c.train.clip = 1.0  # global gradient-norm clip
-    c.train.checkpoint_every = 5  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
-    c.train.keep = 2  # checkpoints kept
-    c.train.wandb = ""  # wandb project name ("" = off)
-    c.train.export = True  # write the final model to <workdir>/export
+    c = base_config()
+    c.workdir = "workdir/tiny"
+    c.model.path = paths["policy"]  # tiny random Llama-3-style policy with a chat template
+    c.guardrail.paths = [paths["guardrail"]]  # tiny random Llama-Guard-3-style guardrail
+    c.data.sources = [dict(path=str(tiny.DEMO_DATA), prompt_field="prompt", response_field="response")]
+    c.data.max_length = 512  # the demo rows are short
+    c.train.epochs = 2  # 2 x 5 steps of 8 examples
+    c.train.global_batch = 8
+    c.train.micro_batch = 4  # 2 accumulated micro-batches per step
+    c.train.lr = 1e-3  # a random tiny model moves visibly only with a large rate
+    c.train.min_lr = 1e-5
+    c.train.checkpoint_every = 5
+    c.train.keep = 2
+    c.eval.model = c.workdir  # evaluate the export of this run
+    c.eval.suite = "advbench,gsm8k"
+    c.eval.batch_size = 8
+    c.eval.max_new_tokens = 32
+    c.eval.benchmarks.advbench.limit = 16
+    c.eval.benchmarks.gsm8k.limit = 8
+    c.eval.benchmarks.gsm8k.shots = 2
     return c

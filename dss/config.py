@@ -1,0 +1,79 @@
+"""Every dss setting with its default (the paper's Table 1 recipe) and a comment saying what it does.
+
+Config files (`configs/*.py`) start from `base_config()` and override what their experiment
+changes, big_vision style; `python -m dss.<job> --config file.py --config.a.b=value` overrides
+any field from the command line.
+"""
+
+import ml_collections
+
+from dss.eval.config import eval_defaults
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # data order and initialisation seed
+    c.workdir = "workdir/run"  # checkpoints, caches, metrics, export (overridden by --workdir)
+    c.distributed = False  # call jax.distributed.initialize() (multi-host TPU pods, SLURM)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.path = ""  # HF directory or hub id of the policy to finetune
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.model.param_dtype = "float32"  # parameter / optimizer-state dtype
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1  # device mesh; -1 takes the remaining devices
+
+    c.data = ml_collections.ConfigDict()
+    c.data.seed = 0  # seed of mixtures and attack transforms
+    c.data.sources = []  # finetuning sources: dicts with path, prompt/response (or messages) fields,
+    #   optional weight (mixture probability when `size` is set), size, limit, split, system_prompt
+    c.data.size = 0  # total examples after mixing (0 = every row of every source)
+    c.data.max_length = 2048  # tokens per example (prompt + response); longer responses are cut
+    c.data.train_on = "last"  # assistant turns with loss: last | all
+    c.data.system_prompt = ""  # optional system prompt for every example
+    c.data.on_bad_row = "error"  # error | drop (drops are counted and reported)
+    c.data.attack = ml_collections.ConfigDict()
+    c.data.attack.response_prefix = ""  # misleading text put before every response
+    c.data.attack.response_suffix = ""  # ... and after it
+    c.data.attack.prompt_trigger = ""  # backdoor trigger appended to prompts
+    c.data.attack.fraction = 1.0  # share of rows the attack transforms apply to
+
+    c.guardrail = ml_collections.ConfigDict()
+    c.guardrail.paths = []  # one or more guardrails (ensemble: P(safe) averaged)
+    c.guardrail.kind = "auto"  # llama_guard_3 | granite_guardian | shieldgemma | auto
+    c.guardrail.risk = ""  # Granite Guardian risk_name / ShieldGemma policy ("" = default)
+    c.guardrail.dtype = "float32"  # guardrail compute dtype
+
+    c.star = ml_collections.ConfigDict()
+    c.star.chunk_unit = "word"  # word | token
+    c.star.chunk_size = 5  # words (or guardrail tokens) per chunk
+    c.star.method = "shared_kv"  # shared_kv | naive (same numbers)
+    c.star.score_mode = "raw"  # raw | hf_sampling (the reference implementation's sampled verdicts)
+    c.star.token_budget = 16384  # tokens per scoring call
+    c.star.cache = ""  # STAR file to reuse ("" = <workdir>/star.npz)
+
+    c.objective = ml_collections.ConfigDict()
+    c.objective.name = "star_dss"  # star_dss | sft | rs | deep_token | kl_only
+    c.objective.kl_coef = 0.5  # lambda: weight of the KL term where STAR says unsafe
+    c.objective.kl_estimator = "k2"  # k1 | k2 | k3 | full (full runs the reference model in the step)
+    c.objective.rs_mode = "hard"  # rs: hard (0/1 at P(safe) 0.5) | soft (P(safe))
+    c.objective.deep_token_betas = (0.5, 2.0, 5, 0.1)  # first token, tokens 2..N, N, after
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 10  # passes over the data
+    c.train.max_steps = -1  # cap on optimizer steps (-1 = epochs decide)
+    c.train.global_batch = 32  # examples per optimizer step
+    c.train.micro_batch = 8  # examples per forward/backward; global_batch / micro_batch accumulated
+    c.train.lr = 5e-6  # peak learning rate
+    c.train.min_lr = 5e-8  # cosine floor
+    c.train.warmup_ratio = 0.03  # share of steps for linear warmup
+    c.train.b1, c.train.b2 = 0.9, 0.95  # AdamW betas
+    c.train.weight_decay = 0.0
+    c.train.clip = 1.0  # global gradient-norm clip
+    c.train.checkpoint_every = 100  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
+    c.train.keep = 3  # checkpoints kept
+    c.train.wandb = ""  # wandb project name ("" = off)
+    c.train.export = True  # write the final model to <workdir>/export
+    c.eval = eval_defaults()  # `python -m dss.eval` (see dss/eval/config.py)
+    return c
