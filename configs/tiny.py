@@ -6,8 +6,12 @@ The policy and guardrail are tiny random models made on first use (`dss.tiny`), 
 demo set shipped in `dss/data/demo.jsonl`. Everything else is `dss.config.base_config()`.
 """
 
+from pathlib import Path
+
 from dss import tiny
 from dss.config import base_config
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # the licensed test data beside the repo
 
 
 def get_config():
@@ -25,11 +29,12 @@ def get_config():
     c.train.min_lr = 1e-5
     c.train.checkpoint_every = 5
     c.train.keep = 2
-    c.eval.model = c.workdir  # evaluate the export of this run
+    c.eval.model = c.workdir  # evaluate the export of this run (pass --config.eval.model with --workdir)
     c.eval.suite = "advbench,gsm8k"
+    c.eval.judges = "keyword,guardrail"
+    c.eval.guardrail.path = paths["guardrail"]
     c.eval.batch_size = 8
     c.eval.max_new_tokens = 32
-    c.eval.benchmarks.advbench.limit = 16
-    c.eval.benchmarks.gsm8k.limit = 8
-    c.eval.benchmarks.gsm8k.shots = 2
+    c.eval.benchmarks.advbench.update(path=str(DATA / "advbench" / "harmful_behaviors.csv"), limit=16)
+    c.eval.benchmarks.gsm8k.update(path=str(DATA / "gsm8k"), limit=8, shots=2)
     return c

@@ -3,6 +3,8 @@
 star  — STAR scoring, shared_kv vs naive, on one random guardrail and real prompts/responses
         (5-word chunks): examples/s of each, the ratio, and the fraction of the lower bound
         (one pass over prompt + response plus K template tails) that shared_kv achieves.
+train — train-step time of STAR-DSS (k2, precomputed reference; and full KL with the reference
+        model in the step) relative to SFT on the same model and batch; SFT tokens/s.
 Numbers are measured in one process, warm (compiled) runs only, so the ratios are comparable.
 """
 
@@ -26,7 +28,7 @@ from dss.segments import word_cuts
 flags.DEFINE_string("data_dir", str(Path(__file__).resolve().parents[2] / "shared" / "data"), "the licensed test data")
 flags.DEFINE_integer("examples", 32, "examples to score")
 flags.DEFINE_integer("repeats", 2, "timed repetitions (after one warm-up)")
-flags.DEFINE_string("guard_size", "cpu", "cpu (hidden 256, 4 layers) | llama-guard-3-1b (its shape, random weights)")
+flags.DEFINE_string("guard_size", "cpu", "model shape: cpu (hidden 256, 4 layers) | llama-guard-3-1b (Llama 3.2 1B shape, random weights)")
 FLAGS = flags.FLAGS
 
 GUARD_SHAPES = {
@@ -103,7 +105,56 @@ def bench_star() -> dict:
     }
 
 
-BENCHES = {"star": bench_star}
+def bench_train() -> dict:
+    """Step time of STAR-DSS (k2, reference log-probs precomputed) and STAR-DSS (full KL, reference
+    model in the step) relative to SFT: same model, same batch, same compiled shapes."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from dss import train as dss_train
+
+    hf = transformers.LlamaConfig(vocab_size=8192, max_position_embeddings=4096, **GUARD_SHAPES[FLAGS.guard_size])
+    model = Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    b, t = 8, 512
+    batch = {"input_ids": rng.integers(0, 8192, (b, t)).astype(np.int32),
+             "targets": rng.integers(0, 8192, (b, t)).astype(np.int32),
+             "loss_mask": np.arange(t)[None, :] >= rng.integers(32, 200, (b, 1)),
+             "star_weight": rng.uniform(size=(b, t)).astype(np.float32),
+             "ref_logp": -rng.uniform(1, 9, (b, t)).astype(np.float32)}
+    batch = jax.tree.map(jnp.asarray, batch)
+    train_cfg = ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, warmup_ratio=0.0, b1=0.9, b2=0.95,
+                                               weight_decay=0.0, clip=1.0))
+    tx, _ = dss_train.make_optimizer(train_cfg, 100)
+    variants = {"sft": dict(name="sft"), "star_dss_k2": dict(name="star_dss", kl_estimator="k2"),
+                "star_dss_full": dict(name="star_dss", kl_estimator="full")}
+    runs = {}
+    for label, obj in variants.items():
+        obj = ml_collections.ConfigDict({"kl_coef": 0.5, "kl_estimator": "k2", **obj})
+        graphdef, params = nnx.split(model)
+        params = jax.tree.map(jnp.copy, params)
+        ref = jax.tree.map(jnp.copy, params) if obj.kl_estimator == "full" and obj.name == "star_dss" else None
+        step = dss_train.make_train_step(graphdef, tx, obj, accum=2)
+        state = list(step(params, tx.init(params), batch, ref)[:2])  # compile
+        runs[label] = (step, state, ref)
+    samples = {label: [] for label in runs}
+    for _ in range(FLAGS.repeats + 2):  # interleaved, so load changes hit every variant alike
+        for label, (step, state, ref) in runs.items():
+            start = time.perf_counter()
+            state[0], state[1], m = step(state[0], state[1], batch, ref)
+            jax.block_until_ready(m)
+            samples[label].append(time.perf_counter() - start)
+    times = {label: float(np.median(s)) for label, s in samples.items()}
+    return {
+        "model": FLAGS.guard_size, "batch": [b, t], "device": jax.devices()[0].device_kind,
+        **{f"{k}_step_s": round(v, 4) for k, v in times.items()},
+        **{f"{k}_vs_sft": round(v / times["sft"], 3) for k, v in times.items() if k != "sft"},
+        "sft_tokens_per_s": round(b * t / times["sft"]),
+    }
+
+
+BENCHES = {"star": bench_star, "train": bench_train}
 
 
 def main(argv):

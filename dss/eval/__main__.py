@@ -1,0 +1,45 @@
+"""`python -m dss.eval --config configs/<x>.py [--config.eval.model=<HF dir | hub id | workdir>] ...`
+
+The config file's `get_config()` returns a ConfigDict with an `eval` section (fields and defaults:
+`dss.eval.config.eval_defaults`). Writes `<outdir>/results.json` and `<outdir>/generations/*.jsonl`;
+rerunning the same command skips the finished parts. A training workdir's results are named after
+the config's `objective.name` unless `eval.method` is set.
+"""
+
+from __future__ import annotations
+
+from absl import app
+from ml_collections import config_flags
+
+from dss.eval.policy import resolve_model
+from dss.eval.runner import evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config() -> ConfigDict "
+                                          "that has an `eval` section.", lock_config=True)
+
+
+def _summary(results: dict) -> str:
+    lines = [f"{results['method']} ({results['model']})"]
+    for name, entry in results["benchmarks"].items():
+        if "accuracy" in entry:
+            lines.append(f"  {name}: accuracy {entry['accuracy']:.1f}% ({entry['correct']}/{entry['n']})")
+        for judge, m in entry.get("judges", {}).items():
+            asr = f", ASR {m['asr']:.1f}%" if "asr" in m else ""
+            lines.append(f"  {name} [{judge}]: safe {m['safe_pct']:.1f}% ({m['n_safe']}/{m['n']}){asr}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
+    if config is None or "eval" not in config:
+        raise app.UsageError("--config must name a config file whose get_config() has an `eval` section")
+    eval_config = config.eval.to_dict()
+    if not eval_config.get("method") and "objective" in config and resolve_model(eval_config.get("model", ""))[1]:
+        eval_config["method"] = config.objective.name  # a training run's row is named after its objective
+    print(_summary(evaluate(eval_config)))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,185 @@
+"""`evaluate(eval_config)`: every benchmark of the suite, generated, scored and judged, resumably.
+
+Outputs in `outdir`: `results.json` (metrics with counts, rewritten atomically after every finished
+part) and `generations/<benchmark>.jsonl` (one row per example: prompt, response, verdicts or
+prediction). A part is (benchmark generation) or (benchmark, judge); a rerun skips the finished
+ones, and a benchmark interrupted mid-way resumes from `<benchmark>.partial.jsonl`, which grows by
+one batch at a time. Every part records the settings it was made with, and a rerun with different
+settings is an error rather than a silent mix.
+
+Two phases keep one large model in memory at a time: first the policy generates (and scores the
+capability benchmarks), then it is dropped and the judges run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable
+
+from ml_collections import ConfigDict
+from tqdm.auto import tqdm
+
+from dss.eval import benchmarks, capability
+from dss.eval.config import SAFETY_KINDS, judges, resolve, suite
+from dss.eval.io import append_jsonl, read_jsonl, write_json, write_jsonl
+from dss.eval.metrics import summarize
+from dss.eval.policy import Policy, resolve_model
+
+__all__ = ["evaluate"]
+
+
+def _produce(path: Path, items: list[dict], make_rows: Callable, batch_size: int, desc: str) -> list[dict]:
+    """Rows for `items` (each with a unique "id"), made `batch_size` at a time by
+    `make_rows(batch, batch_index)` and appended to a partial file; `path` is written whole at the end."""
+    if path.exists():
+        return read_jsonl(path, repair=False)
+    partial = path.with_name(path.stem + ".partial.jsonl")
+    done = {row["id"]: row for row in read_jsonl(partial)} if partial.exists() else {}
+    pending = sorted((it for it in items if it["id"] not in done),  # similar lengths batch together
+                     key=lambda it: len(it.get("prompt") or it["question"]))
+    with tqdm(total=len(items), initial=len(items) - len(pending), desc=desc, unit="ex") as bar:
+        for k, first in enumerate(range(0, len(pending), batch_size)):
+            rows = make_rows(pending[first : first + batch_size], k)
+            append_jsonl(partial, rows)
+            done.update((row["id"], row) for row in rows)
+            bar.update(len(rows))
+    rows = [done[it["id"]] for it in items]
+    write_jsonl(path, rows)
+    partial.unlink(missing_ok=True)
+    return rows
+
+
+def _options(bcfg: ConfigDict, *drop: str) -> dict:
+    return {k: v for k, v in bcfg.to_dict().items() if k not in ("kind", "max_new_tokens", *drop)}
+
+
+def _safety_rows(bcfg, cfg, policy, path: Path, name: str) -> list[dict]:
+    records = [dataclasses.asdict(r) for r in benchmarks.load(bcfg.kind, **_options(bcfg))]
+    max_new = bcfg.max_new_tokens or cfg.max_new_tokens
+
+    def make_rows(batch, k):
+        texts = policy.generate([r["prompt"] for r in batch], [r["prefill"] for r in batch], max_new, cfg.seed + k)
+        # the judged response is what the user sees: the forced prefill, then the model's text
+        return [{**r, "response": (r["prefill"] or "") + text} for r, text in zip(batch, texts)]
+
+    return _produce(path, records, make_rows, cfg.batch_size, name)
+
+
+def _capability_rows(bcfg, cfg, policy, path: Path, name: str) -> list[dict]:
+    max_new = bcfg.max_new_tokens or cfg.max_new_tokens
+    options = _options(bcfg, "mode", "prefill", "shots")
+    if bcfg.kind == "gsm8k":
+        items = capability.load_gsm8k(split="test", **options)
+        fewshot = capability.load_gsm8k(bcfg.path, split="train", limit=bcfg.shots) if bcfg.shots else []
+
+        def make_rows(batch, k):
+            return capability.run_gsm8k(policy, batch, fewshot, max_new, cfg.seed + k)
+    else:
+        items = (capability.load_mmlu if bcfg.kind == "mmlu" else capability.load_arc)(**options)
+
+        def make_rows(batch, k):
+            return capability.run_multiple_choice(policy, batch, bcfg.mode, bcfg.prefill, max_new, cfg.seed + k)
+    return _produce(path, items, make_rows, cfg.batch_size, name)
+
+
+def _generation_settings(bcfg, cfg) -> dict:
+    """What a benchmark's outputs depend on (as stored in JSON, so it compares equal after a reload)."""
+    settings = {"benchmark": bcfg.to_dict(), "max_new_tokens": bcfg.max_new_tokens or cfg.max_new_tokens,
+                **{k: cfg[k] for k in ("tokenizer", "dtype", "temperature", "top_k", "top_p", "seed", "system_prompt",
+                                       "stop_tokens")}}
+    return json.loads(json.dumps(settings))
+
+
+def _judge_settings(name: str, cfg) -> dict:
+    if name == "keyword":
+        settings = {"keywords": cfg.keyword.keywords}
+    elif name == "guardrail":
+        settings = {k: cfg.guardrail[k] for k in ("path", "kind", "threshold")}
+    else:
+        settings = {"url": cfg.llm_judge.url, "model": cfg.llm_judge.model}
+    return json.loads(json.dumps(settings))
+
+
+def _make_judge(name: str, cfg, outdir: Path):
+    if name == "keyword":
+        from dss.eval.keyword import KeywordJudge
+
+        return KeywordJudge(cfg.keyword.keywords)
+    if name == "guardrail":
+        from dss.eval.guardrail_judge import GuardrailJudge
+
+        g = cfg.guardrail
+        return GuardrailJudge.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold,
+                                              token_budget=g.token_budget)
+    from dss.eval.llm_judge import LLMJudge
+
+    j = cfg.llm_judge
+    return LLMJudge(j.url, j.model, api_key_env=j.api_key_env, cache=j.cache or outdir / "llm_judge_cache.jsonl",
+                    concurrency=j.concurrency, max_retries=j.max_retries, backoff=j.backoff, timeout=j.timeout)
+
+
+def _check(stored: dict, settings: dict, what: str, results_file: Path) -> None:
+    if stored.get("settings") != settings:
+        raise ValueError(
+            f"{results_file}: {what} was made with settings {stored.get('settings')}, now {settings}; "
+            "use a new eval.outdir (or delete that part of the results) to redo it")
+
+
+def _names(model: str, finetuned: bool) -> tuple[str, Path]:
+    """(default method name, default output directory) for a model path / hub id / workdir."""
+    name = Path(str(model).rstrip("/")).name
+    return name, Path(model) / "eval" if finetuned else Path("eval") / name
+
+
+def evaluate(eval_config: ConfigDict | dict) -> dict:
+    """Run (or resume) the evaluation an `eval` config section describes; returns results.json's content."""
+    cfg = resolve(eval_config)
+    model_path, finetuned = resolve_model(cfg.model)
+    method, default_outdir = _names(cfg.model, finetuned)
+    outdir = Path(cfg.outdir or default_outdir)
+    results_file, gen_dir = outdir / "results.json", outdir / "generations"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if results and results.get("model") != model_path:
+        raise ValueError(f"{results_file}: holds results of model {results.get('model')!r}, not {model_path!r}")
+    results = {"method": cfg.method or method, "model": model_path, "finetuned": finetuned,
+               "benchmarks": results.get("benchmarks", {})}
+    policy = Policy(model_path, cfg.tokenizer, cfg.system_prompt, cfg.dtype, cfg.mesh, cfg.temperature, cfg.top_k,
+                    cfg.top_p, cfg.stop_tokens, cfg.batch_size)
+
+    safety = []
+    for name in suite(cfg):
+        bcfg, path = cfg.benchmarks[name], gen_dir / f"{name}.jsonl"
+        settings = _generation_settings(bcfg, cfg)
+        entry = results["benchmarks"].setdefault(name, {"kind": bcfg.kind, "settings": settings})
+        _check(entry, settings, f"benchmark {name!r}", results_file)
+        write_json(results_file, results)
+        if bcfg.kind in SAFETY_KINDS:
+            safety.append(name)
+            entry.setdefault("judges", {})
+            if "n" not in entry:
+                entry["n"] = len(_safety_rows(bcfg, cfg, policy, path, name))
+        elif "accuracy" not in entry:
+            entry.update(capability.accuracy(_capability_rows(bcfg, cfg, policy, path, name)))
+        write_json(results_file, results)
+    policy.close()
+
+    for judge_name in judges(cfg):
+        settings, judge = _judge_settings(judge_name, cfg), None
+        for name in safety:
+            entry, path = results["benchmarks"][name], gen_dir / f"{name}.jsonl"
+            if judge_name in entry["judges"]:
+                _check(entry["judges"][judge_name], settings, f"judge {judge_name!r} on {name!r}", results_file)
+                continue
+            judge = judge or _make_judge(judge_name, cfg, outdir)
+            rows = read_jsonl(path, repair=False)
+            verdicts = judge(rows)
+            for row, verdict in zip(rows, verdicts):
+                row.setdefault("verdicts", {})[judge_name] = verdict
+            write_jsonl(path, rows)
+            entry["judges"][judge_name] = {"settings": settings,
+                                           **summarize([r["category"] for r in rows], verdicts, judge)}
+            write_json(results_file, results)
+    return results
