@@ -37,4 +37,8 @@ def get_config():
     c.eval.max_new_tokens = 32
     c.eval.benchmarks.advbench.update(path=str(DATA / "advbench" / "harmful_behaviors.csv"), limit=16)
     c.eval.benchmarks.gsm8k.update(path=str(DATA / "gsm8k"), limit=8, shots=2)
+    c.landscape.advbench = str(DATA / "advbench" / "harmful_behaviors.csv")
+    c.landscape.num_prompts = 8  # a quick curve; the paper uses 80 prompts and 512 tokens
+    c.landscape.max_new_tokens = 32
+    c.landscape.batch_size = 8
     return c

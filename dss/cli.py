@@ -23,6 +23,6 @@ def run(job: Callable[[object, str], object]) -> None:
         logging.getLogger("absl").setLevel(logging.WARNING)  # orbax and jax are chatty at INFO
         if FLAGS.config is None:
             raise app.UsageError("--config configs/<experiment>.py is required")
-        job(FLAGS.config, FLAGS.workdir or FLAGS.config.workdir)
+        job(FLAGS.config, FLAGS.workdir or FLAGS.config.get("workdir", ""))
 
     app.run(main)

@@ -8,6 +8,7 @@ any field from the command line.
 import ml_collections
 
 from dss.eval.config import eval_defaults
+from dss.landscape import landscape_defaults
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -76,4 +77,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.wandb = ""  # wandb project name ("" = off)
     c.train.export = True  # write the final model to <workdir>/export
     c.eval = eval_defaults()  # `python -m dss.eval` (see dss/eval/config.py)
+    c.landscape = landscape_defaults()  # `python -m dss.landscape` (see dss/landscape.py)
     return c

@@ -2,6 +2,9 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +13,11 @@ import torch
 import transformers
 from transformers.generation import logits_process as lp
 
-from dss import assets, star
+from dss import assets, cache, star
 from dss.segments import word_cuts
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 
 
 def _examples():
@@ -174,3 +178,46 @@ def test_bad_input_errors(llama_guard):
         star.score(guard, EXAMPLES[:1], method="fast")
     with pytest.raises(ValueError, match="chunk_unit"):
         star.score(guard, EXAMPLES[:1], chunk_unit="sentence")
+
+
+def test_star_file_reuse_invalidation_and_refusal(llama_guard, granite_guardian, tmp_path):
+    guard = llama_guard[0]
+    examples = EXAMPLES[:4]
+    fp = star.star_fingerprint([guard], examples, "word", 5, "raw")
+    trajs = star.score(guard, examples)
+    path = tmp_path / "star.npz"
+    star.save_trajectories(path, trajs, fp)
+    again = star.load_trajectories(path, fp)
+    for a, b in zip(trajs, again):
+        assert a.char_ends == b.char_ends
+        np.testing.assert_array_equal(a.safe_prob, b.safe_prob)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    # other data, other chunking, another guardrail: other fingerprints, and the file is refused
+    changed = [dict(examples[0], response=examples[0]["response"] + " More.")] + examples[1:]
+    for other in (star.star_fingerprint([guard], changed, "word", 5, "raw"),
+                  star.star_fingerprint([guard], examples, "word", 3, "raw"),
+                  star.star_fingerprint([guard], examples, "word", 5, "hf_sampling"),
+                  star.star_fingerprint([granite_guardian[0]], examples, "word", 5, "raw")):
+        assert other != fp
+        with pytest.raises(cache.StaleCacheError, match=r"star\.npz: made for other inputs"):
+            star.load_trajectories(path, other)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.zeros(3))
+    with pytest.raises(cache.StaleCacheError, match=r"foreign\.npz: not a dss cache file"):
+        star.load_trajectories(foreign, fp)
+    assert star.load_trajectories(tmp_path / "missing.npz", fp) is None
+
+
+def test_star_cli_scores_plots_and_reuses(tmp_path):
+    """`python -m dss.star --config configs/tiny.py --plot 2` writes the STAR file and PNGs; a
+    second run reuses the file."""
+    env = dict(os.environ, DSS_CACHE=str(tmp_path / "assets"))
+    cmd = [sys.executable, "-m", "dss.star", "--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w"), "--plot", "2"]
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "STAR: 40 examples" in first.stdout
+    assert (tmp_path / "w" / "star.npz").exists()
+    pngs = sorted((tmp_path / "w" / "star_plots").glob("*.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "scored" not in second.stderr  # reused, not rescored

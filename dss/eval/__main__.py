@@ -8,14 +8,9 @@ the config's `objective.name` unless `eval.method` is set.
 
 from __future__ import annotations
 
-from absl import app
-from ml_collections import config_flags
-
+from dss import cli
 from dss.eval.policy import resolve_model
 from dss.eval.runner import evaluate
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config() -> ConfigDict "
-                                          "that has an `eval` section.", lock_config=True)
 
 
 def _summary(results: dict) -> str:
@@ -29,17 +24,16 @@ def _summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
-    if config is None or "eval" not in config:
-        raise app.UsageError("--config must name a config file whose get_config() has an `eval` section")
+def main(config, workdir) -> None:
+    """`--workdir` is the training run to evaluate unless `eval.model` names one."""
+    if "eval" not in config:
+        raise ValueError("--config must name a config file whose get_config() has an `eval` section")
     eval_config = config.eval.to_dict()
+    eval_config["model"] = eval_config.get("model") or workdir
     if not eval_config.get("method") and "objective" in config and resolve_model(eval_config.get("model", ""))[1]:
         eval_config["method"] = config.objective.name  # a training run's row is named after its objective
     print(_summary(evaluate(eval_config)))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
