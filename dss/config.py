@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.guardrail.kind = "auto"  # llama_guard_3 | granite_guardian | shieldgemma | auto
     c.guardrail.risk = ""  # Granite Guardian risk_name / ShieldGemma policy ("" = default)
     c.guardrail.dtype = "float32"  # guardrail compute dtype
+    c.guardrail.mesh = ()  # (data, fsdp, tensor) for STAR scoring; () = one device, (1, -1, 1) = all, FSDP
 
     c.star = ml_collections.ConfigDict()
     c.star.chunk_unit = "word"  # word | token
@@ -72,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.b1, c.train.b2 = 0.9, 0.95  # AdamW betas
     c.train.weight_decay = 0.0
     c.train.clip = 1.0  # global gradient-norm clip
+    c.train.remat = False  # rematerialise each block in the backward pass (less memory, ~1/3 more compute)
     c.train.checkpoint_every = 100  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.train.keep = 3  # checkpoints kept
     c.train.wandb = ""  # wandb project name ("" = off)

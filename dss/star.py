@@ -18,6 +18,7 @@ unembedded.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -34,7 +35,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import dss.models
-from dss import cache
+from dss import cache, sharding
 from dss.generate import process_logits
 from dss.guardrails import GuardrailAdapter
 from dss.segments import Trajectory, token_cuts, token_weights, word_cuts
@@ -54,6 +55,7 @@ class Guardrail:
     adapter: GuardrailAdapter
     model: dss.models.Transformer
     path: str
+    mesh: jax.sharding.Mesh | None = None  # weights sharded over it (8B guardrails), batches split over data x fsdp
 
     @classmethod
     def from_pretrained(cls, path, kind: str = "auto", risk: str | None = None, dtype="float32", mesh=None):
@@ -63,7 +65,7 @@ class Guardrail:
         model = dss.models.load_pretrained(local, dtype=dtype, mesh=mesh)
         if max(adapter.verdict_token_ids) >= model.config.vocab_size:
             raise ValueError(f"guardrail {path!r}: verdict token ids {adapter.verdict_token_ids} exceed the model vocabulary")
-        return cls(adapter, model, os.fspath(path))
+        return cls(adapter, model, os.fspath(path), mesh)
 
 
 @dataclasses.dataclass
@@ -249,8 +251,9 @@ def _score_one_guard(guard, examples, cuts, method, score_mode, token_budget, pr
     ids = [[adapter.encode(ex["prompt"], ex["response"][:c]) for c in example_cuts]
            for ex, example_cuts in zip(examples, cuts)]
     probs = [np.full(len(c), np.nan, np.float32) for c in cuts]
-    multiple = 1 if jax.sharding.get_abstract_mesh().empty else jax.device_count()
-    with tqdm(total=sum(map(len, cuts)), unit="prefix", disable=not progress, desc=f"STAR {method}") as bar:
+    multiple = 1 if guard.mesh is None else guard.mesh.shape["data"] * guard.mesh.shape["fsdp"]
+    with (tqdm(total=sum(map(len, cuts)), unit="prefix", disable=not progress, desc=f"STAR {method}") as bar,
+          jax.set_mesh(guard.mesh) if guard.mesh is not None else contextlib.nullcontext()):
         if method == "naive":
             flat = [(e, k, p) for e, per_example in enumerate(ids) for k, p in enumerate(per_example)]
             _naive_probs(guard, flat, probs, score_mode, token_budget, multiple, bar)
@@ -363,7 +366,8 @@ def cached_score(config, examples, workdir) -> list[Trajectory]:
     """STAR of a config's training examples: reused from the STAR file when it matches, else
     computed and written. A stale default file is replaced; a stale file the user named is refused."""
     g, s = config.guardrail, config.star
-    guards = [Guardrail.from_pretrained(p, kind=g.kind, risk=g.risk or None, dtype=g.dtype) for p in g.paths]
+    mesh = sharding.make_mesh(*g.mesh) if g.mesh else None
+    guards = [Guardrail.from_pretrained(p, kind=g.kind, risk=g.risk or None, dtype=g.dtype, mesh=mesh) for p in g.paths]
     fp = star_fingerprint(guards, examples, s.chunk_unit, s.chunk_size, s.score_mode)
     path = Path(s.cache) if s.cache else Path(workdir) / "star.npz"
     try:

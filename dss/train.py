@@ -252,7 +252,7 @@ def train(config, workdir) -> dict:
         jax.distributed.initialize()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / "dss_config.json").write_text(config.to_json_best_effort(indent=2))  # not config.json: that marks HF dirs
     t, obj = config.train, config.objective
     if t.global_batch % t.micro_batch:
         raise ValueError(f"config.train.global_batch={t.global_batch} is not a multiple of micro_batch={t.micro_batch}")
@@ -274,6 +274,7 @@ def train(config, workdir) -> dict:
                                [e.input_ids.tolist() for e in encoded])
         extras.update(reference_logp(model, encoded, fp, workdir))
 
+    model.remat = t.remat
     steps_per_epoch = len(encoded) // t.global_batch
     total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
     tx, schedule = make_optimizer(t, steps_per_epoch * t.epochs)

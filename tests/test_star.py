@@ -221,3 +221,19 @@ def test_star_cli_scores_plots_and_reuses(tmp_path):
     assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "scored" not in second.stderr  # reused, not rescored
+
+
+def test_sharded_guardrail_equals_single_device(llama_guard):
+    """The guardrail sharded over 8 fake devices (data=2, fsdp=2, tensor=2) scores the same."""
+    from dss import sharding
+
+    guard = llama_guard[0]
+    mesh = sharding.make_mesh(2, 2, 2)
+    sharded = star.Guardrail.from_pretrained(guard.path, mesh=mesh)
+    assert sharded.model.layers[0].attn.q[...].sharding.spec[0] == "fsdp"
+    examples = EXAMPLES[:6]
+    for method in ("shared_kv", "naive"):
+        one = star.score(guard, examples, method=method)
+        eight = star.score(sharded, examples, method=method)
+        for a, b in zip(one, eight):
+            np.testing.assert_allclose(a.safe_prob, b.safe_prob, atol=1e-5, rtol=0)

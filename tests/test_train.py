@@ -59,6 +59,9 @@ def test_tiny_run_end_to_end(tmp_path):
     assert (tmp_path / "tensorboard").is_dir()
 
     export = tmp_path / "export"
+    from dss.eval.policy import resolve_model
+
+    assert resolve_model(str(tmp_path)) == (str(export), True)  # dss.eval takes the workdir
     hf = transformers.AutoModelForCausalLM.from_pretrained(export, attn_implementation="eager").eval()
     tok = transformers.AutoTokenizer.from_pretrained(export)
     ids = tok.apply_chat_template([{"role": "user", "content": "Name three colours."}], add_generation_prompt=True)
@@ -154,3 +157,19 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
     ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpts and max(ckpts) == max(losses(tmp_path))
     assert not (tmp_path / "export").exists()
+
+
+def test_remat_gives_the_same_gradients():
+    config = tiny_config()
+    model = dss.models.load_pretrained(config.model.path)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 40)))
+
+    def grads(remat: bool):
+        model.remat = remat
+        graphdef, params = nnx.split(model)
+        loss = lambda p: nnx.merge(graphdef, p)(tokens).astype(jnp.float32).std()
+        assert ("remat" in str(jax.make_jaxpr(jax.grad(loss))(params))) == remat
+        return jax.jit(jax.grad(loss))(params)
+
+    for a, b in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)

@@ -167,6 +167,7 @@ class Transformer(nnx.Module):
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family.norm_offset, self.dtype, param_dtype)
         if not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype, std)
+        self.remat = False  # recompute each block's activations in the backward pass (saves memory)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
         """An empty cache; slots hold position -1 until written."""
@@ -214,7 +215,8 @@ class Transformer(nnx.Module):
         keys, values = [], []
         for i, block in enumerate(self.layers):
             cache_kv = None if cache is None else (rows(cache.keys[i]), rows(cache.values[i]))  # per layer
-            x, new_kv = block(x, positions, mask, key_positions, cache_kv, cache_index)
+            call = nnx.remat(lambda blk, *args: blk(*args)) if self.remat else (lambda blk, *args: blk(*args))
+            x, new_kv = call(block, x, positions, mask, key_positions, cache_kv, cache_index)
             if new_kv is not None:
                 keys.append(new_kv[0])
                 values.append(new_kv[1])
