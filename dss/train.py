@@ -73,25 +73,24 @@ def reference_logp(model, encoded, fp: str, workdir: Path, batch_tokens: int = 1
         arrays = None
     if arrays is None:
         logp_fn = nnx.jit(lambda m, x, y: objectives.token_logp(m(x), y))
-        flat = []
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].targets))
         out = [None] * len(encoded)
-        for start in range(0, len(order), max(1, batch_tokens // 512)):
-            idx = order[start : start + max(1, batch_tokens // 512)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].targets))
+        start = 0
+        while start < len(order):  # similar lengths together, about batch_tokens tokens per call
+            length = dss.data.bucket_length(len(encoded[order[start]].targets))
+            idx = order[start : start + max(1, batch_tokens // length)]
             length = dss.data.bucket_length(max(len(encoded[i].targets) for i in idx))
-            x = np.zeros((len(idx), length), np.int32)
-            y = np.zeros((len(idx), length), np.int32)
+            x, y = np.zeros((2, len(idx), length), np.int32)
             for b, i in enumerate(idx):
                 n = len(encoded[i].targets)
                 x[b, :n], y[b, :n] = encoded[i].input_ids[:-1], encoded[i].targets
-            lp = np.asarray(logp_fn(model, jnp.asarray(x), jnp.asarray(y)))
+            logp = np.asarray(logp_fn(model, jnp.asarray(x), jnp.asarray(y)))
             for b, i in enumerate(idx):
-                out[i] = lp[b, : len(encoded[i].targets)].astype(np.float32)
-        flat = out
-        lengths = np.array([len(a) for a in flat])
+                out[i] = logp[b, : len(encoded[i].targets)].astype(np.float32)
+            start += len(idx)
         if jax.process_index() == 0:
-            cache.save(path, "ref_logp", fp, dict(lengths=lengths, values=np.concatenate(flat)))
-        return {"ref_logp": flat}
+            cache.save(path, "ref_logp", fp, dict(lengths=np.array([len(a) for a in out]), values=np.concatenate(out)))
+        return {"ref_logp": out}
     bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
     return {"ref_logp": [arrays["values"][a:b] for a, b in zip(bounds[:-1], bounds[1:])]}
 
@@ -283,15 +282,16 @@ def train(config, workdir) -> dict:
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = jax.tree.map(  # moments follow the parameters' shardings; scalars (count) replicate
         lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), tx.init(params))
+    length = dss.data.bucket_length(max(len(e.targets) for e in encoded))  # one shape, one compile
+    batches = dss.data.StepBatcher(encoded, extras, t.global_batch, seed=config.seed, pad_id=tokenizer.pad_token_id or 0,
+                                   length=length)
     checkpoints = Checkpoints(workdir / "checkpoints", t.keep)
     step = 0
     if checkpoints.latest() is not None:
         params, opt_state, meta = checkpoints.restore(checkpoints.latest(), params, opt_state)
         step = meta["step"]
+        batches.restore(meta["data"])  # refuses if the data or batch settings changed
         log.info("resumed from %s at step %d", workdir / "checkpoints", step)
-    length = dss.data.bucket_length(max(len(e.targets) for e in encoded))  # one shape, one compile
-    batches = dss.data.StepBatcher(encoded, extras, t.global_batch, seed=config.seed, pad_id=tokenizer.pad_token_id or 0,
-                                   length=length)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     train_step = make_train_step(graphdef, tx, obj, t.global_batch // t.micro_batch)
     metrics_log = MetricsLog(workdir, step, t.wandb, config)
@@ -300,7 +300,7 @@ def train(config, workdir) -> dict:
     with tqdm(total=total_steps, initial=step, desc=f"train {obj.name}", unit="step") as bar, jax.set_mesh(mesh):
         while step < total_steps:
             t0 = time.time()
-            batch = batches.batch(step)
+            batch = next(batches)
             device_batch = jax.tree.map(lambda x: _to_global(x, batch_sharding), batch)
             new_params, new_opt_state, out = train_step(params, opt_state, device_batch, ref_params)
             out = {k: float(v) for k, v in jax.device_get(out).items()}
@@ -316,7 +316,7 @@ def train(config, workdir) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4f}")
             if step % t.checkpoint_every == 0 or step == total_steps or stop.received:
-                checkpoints.save(step, params, opt_state, {"step": step})
+                checkpoints.save(step, params, opt_state, {"step": step, "data": batches.state()})
             if stop.received:
                 break
     checkpoints.close()
