@@ -17,6 +17,7 @@ Logits may be bfloat16; every reduction runs in float32. The reference model's i
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -230,8 +231,14 @@ def star_dss_loss(
     (precomputable once per dataset; derived from `ref_logits` if only those are given), `full`
     needs `ref_logits` and is computed `chunk_size` positions at a time (see `logp_and_full_kl`).
     """
-    mask, n_tokens, denom = _setup(loss_mask, normalizer)
+    mask = loss_mask.astype(bool)
     logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size)
+    return star_dss_from_terms(logp, kl, loss_mask, star_weights, kl_coef, normalizer)
+
+
+def star_dss_from_terms(logp, kl, loss_mask, star_weights, kl_coef=0.5, normalizer=None):
+    """STAR-DSS from per-token label log-probs and KL terms [B, T] (see `hidden_logp_and_full_kl`)."""
+    mask, n_tokens, denom = _setup(loss_mask, normalizer)
     w = jnp.where(mask, jnp.asarray(star_weights, jnp.float32), 0.0)
     loss = _msum(w * -logp + (1.0 - w) * kl_coef * kl, mask, denom)
     metrics = {
@@ -279,7 +286,36 @@ def kl_only_loss(
     chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """Only hold the policy to the reference: `sum_t KL_t / N` (STAR-DSS with w = 0, kl_coef 1)."""
-    mask, n_tokens, denom = _setup(loss_mask, normalizer)
+    mask = loss_mask.astype(bool)
     logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size)
+    return kl_only_from_terms(logp, kl, loss_mask, normalizer)
+
+
+def kl_only_from_terms(logp, kl, loss_mask, normalizer=None):
+    """KL-only from per-token label log-probs and KL terms [B, T]."""
+    mask, n_tokens, denom = _setup(loss_mask, normalizer)
     loss = _msum(kl, mask, denom)
     return loss, {"loss": loss, "ce": _msum(-logp, mask, denom), "kl": loss, "n_tokens": n_tokens}
+
+
+def hidden_logp_and_full_kl(unembed, ref_unembed, hidden, ref_hidden, targets, chunk_size=DEFAULT_CHUNK_SIZE):
+    """Label log-probs and exact KL(p || p_ref) [B, T] from both models' final hidden states.
+
+    Logits are made `chunk_size` positions at a time by `unembed` / `ref_unembed` ([B, c, E] ->
+    [B, c, V]) and each chunk is recomputed in the backward pass, so neither model's [B, T, V]
+    logits ever exist: with a 128k vocabulary that is the difference between MiBs and GiBs.
+    `chunk_size` is reduced to a divisor of T.
+    """
+    b, t = targets.shape
+    c = math.gcd(t, chunk_size)
+    split = lambda x: x.reshape(b, t // c, c, *x.shape[2:]).swapaxes(0, 1)
+    ref_hidden = jax.lax.stop_gradient(ref_hidden)
+
+    @jax.checkpoint
+    def chunk(carry, xs):
+        h, h_ref, y = xs
+        return carry, _logp_and_full_kl_rows(unembed(h), jax.lax.stop_gradient(ref_unembed(h_ref)), y)
+
+    _, (logp, kl) = jax.lax.scan(chunk, None, (split(hidden), split(ref_hidden), split(targets)))
+    merge = lambda x: x.swapaxes(0, 1).reshape(b, t)
+    return merge(logp), merge(kl)

@@ -98,24 +98,23 @@ def reference_logp(model, encoded, fp: str, workdir: Path, batch_tokens: int = 1
 # ----------------------------------------------------------------------------- the step
 
 
-def objective_loss(obj, logits, batch, normalizer, ref_logits=None):
-    """Dispatch to dss.objectives with this batch's inputs."""
+def objective_loss(obj, logits, batch, normalizer):
+    """Dispatch to dss.objectives with this batch's inputs (full KL is handled in the step)."""
     args = (logits, batch["targets"], batch["loss_mask"])
     if obj.name == "sft":
         return objectives.sft_loss(*args, normalizer=normalizer)
     if obj.name == "rs":
         return objectives.rs_loss(*args, batch["example_weight"], normalizer=normalizer)
     if obj.name == "star_dss":
-        return objectives.star_dss_loss(*args, batch["star_weight"], ref_logp=batch.get("ref_logp"),
-                                        ref_logits=ref_logits, kl_coef=obj.kl_coef,
+        return objectives.star_dss_loss(*args, batch["star_weight"], ref_logp=batch["ref_logp"], kl_coef=obj.kl_coef,
                                         kl_estimator=obj.kl_estimator, normalizer=normalizer)
     if obj.name == "deep_token":
         first, early, early_end, rest = obj.deep_token_betas
         betas = objectives.deep_token_betas(batch["loss_mask"], first=first, early=early, early_end=early_end, rest=rest)
         return objectives.deep_token_loss(*args, batch["ref_logp"], betas=betas, normalizer=normalizer)
     if obj.name == "kl_only":
-        return objectives.kl_only_loss(*args, ref_logp=batch.get("ref_logp"), ref_logits=ref_logits,
-                                       kl_estimator=obj.kl_estimator, normalizer=normalizer)
+        return objectives.kl_only_loss(*args, ref_logp=batch["ref_logp"], kl_estimator=obj.kl_estimator,
+                                       normalizer=normalizer)
     raise ValueError(f"config.objective.name: unknown objective {obj.name!r} "
                      "(star_dss | sft | rs | deep_token | kl_only)")
 
@@ -126,11 +125,16 @@ def make_train_step(graphdef, tx, obj, accum: int):
 
     def loss_fn(params, micro, normalizer, ref_params):
         model = nnx.merge(graphdef, params)
-        logits = model(micro["input_ids"])  # right-padded rows: the causal mask keeps pads unseen
-        ref_logits = None
-        if ref_params is not None:
-            ref_logits = jax.lax.stop_gradient(nnx.merge(graphdef, ref_params)(micro["input_ids"]))
-        return objective_loss(obj, logits, micro, normalizer, ref_logits)
+        tokens = micro["input_ids"]  # right-padded rows: the causal mask keeps pads unseen
+        if ref_params is None:
+            return objective_loss(obj, model(tokens), micro, normalizer)
+        # full KL: both models' logits are made a chunk of positions at a time, never whole
+        ref = nnx.merge(graphdef, ref_params)
+        logp, kl = objectives.hidden_logp_and_full_kl(
+            model.logits, ref.logits, model.hidden_states(tokens)[0], ref.hidden_states(tokens)[0], micro["targets"])
+        if obj.name == "star_dss":
+            return objectives.star_dss_from_terms(logp, kl, micro["loss_mask"], micro["star_weight"], obj.kl_coef, normalizer)
+        return objectives.kl_only_from_terms(logp, kl, micro["loss_mask"], normalizer)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch, ref_params):
