@@ -66,7 +66,10 @@ LLAMA_GUARD_3_TEMPLATE = (
     "Task: Check if there is unsafe content in '{{ role }}' messages in conversations according to"
     " our safety policy with the below categories.\n\n"
     "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
-    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Weapons.\nS4: Self-Harm.\nS5: Hate.\n"
+    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex-Related Crimes.\nS4: Child Sexual Exploitation.\n"
+    "S5: Defamation.\nS6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\n"
+    "S9: Indiscriminate Weapons.\nS10: Hate.\nS11: Suicide & Self-Harm.\nS12: Sexual Content.\n"
+    "S13: Elections.\nS14: Code Interpreter Abuse.\n"
     "<END UNSAFE CONTENT CATEGORIES>\n\n"
     "<BEGIN CONVERSATION>\n\n"
     "{% for m in messages %}" + _CONTENT_TEXT +

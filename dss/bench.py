@@ -39,13 +39,13 @@ GUARD_SHAPES = {
 
 
 def bench_examples(data_dir: Path, n: int) -> list[dict]:
-    """Real prompts with multi-sentence responses: GSM8K solutions, Self-Instruct outputs, and
-    AdvBench goals with their (refusal-free) targets."""
+    """Real prompts with multi-sentence responses (over 60 words): GSM8K solutions and
+    Self-Instruct outputs, plus AdvBench goals with their (refusal-free) targets."""
+    long = lambda text: len(text.split()) > 60  # multi-sentence: K >= 12 chunks of 5 words
     with open(data_dir / "gsm8k" / "test.jsonl") as f:
-        gsm = [json.loads(line) for line in f][: n // 2]
+        gsm = [r for r in map(json.loads, f) if long(r["answer"])][: n // 2]
     with open(data_dir / "self_instruct" / "user_oriented_instructions.jsonl") as f:
-        inst = [json.loads(line) for line in f]
-    inst = [r for r in inst if len(r["instances"][0]["output"].split()) > 40][: n // 4]
+        inst = [r for r in map(json.loads, f) if long(r["instances"][0]["output"])][: n // 4]
     with open(data_dir / "advbench" / "harmful_behaviors.csv") as f:
         adv = list(csv.DictReader(f))[: n - len(gsm) - len(inst)]
     return ([{"prompt": r["question"], "response": r["answer"]} for r in gsm]
@@ -61,23 +61,24 @@ def make_guard(root: Path, texts: list[str], shape: str) -> star.Guardrail:
     return star.Guardrail.from_pretrained(root)
 
 
-def token_counts(guard: star.Guardrail, examples) -> tuple[int, int]:
-    """(real tokens shared_kv feeds the model, lower bound: the full rendering plus the template
-    tail of each of the other K - 1 prefixes, which no method can avoid)."""
-    processed = bound = 0
+def token_counts(guard: star.Guardrail, examples) -> tuple[int, int, int]:
+    """(real tokens naive and shared_kv feed the model, lower bound: the full rendering plus the
+    template tail of each of the other K - 1 prefixes, which no method can avoid)."""
+    naive = processed = bound = 0
     tok = guard.adapter.tokenizer
     for ex in examples:
         cuts = word_cuts(ex["response"])
         ids = [guard.adapter.encode(ex["prompt"], ex["response"][:c]) for c in cuts]
         full = guard.adapter.encode(ex["prompt"], ex["response"])
         plan = star._shared_plan(ids, full, 0)
+        naive += sum(map(len, ids))
         processed += len(plan.shared) + sum(map(len, plan.suffixes))
         rendered = guard.adapter.render(ex["prompt"], ex["response"])
         response_end = rendered.rindex(ex["response"]) + len(ex["response"]) if ex["response"] else len(rendered)
         offsets = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         tail = sum(start >= response_end for start, _ in offsets)
         bound += len(full) + (len(cuts) - 1) * tail  # the last prefix is the full rendering itself
-    return processed, bound
+    return naive, processed, bound
 
 
 def bench_star() -> dict:
@@ -93,14 +94,14 @@ def bench_star() -> dict:
                 star.score(guard, examples, method=method)
                 times.append(time.perf_counter() - start)
             results[method] = len(examples) / min(times)
-        processed, bound = token_counts(guard, examples)
+        naive, processed, bound = token_counts(guard, examples)
     prefixes = sum(len(word_cuts(ex["response"])) for ex in examples)
     return {
         "examples": len(examples), "prefixes": prefixes, "guard": FLAGS.guard_size,
         "shared_kv_examples_per_s": round(results["shared_kv"], 2),
         "naive_examples_per_s": round(results["naive"], 2),
         "speedup": round(results["shared_kv"] / results["naive"], 2),
-        "tokens_processed": processed, "lower_bound_tokens": bound,
+        "naive_tokens": naive, "shared_kv_tokens": processed, "lower_bound_tokens": bound,
         "lower_bound_fraction": round(bound / processed, 3),
     }
 

@@ -333,8 +333,6 @@ def plot_trajectory(example, traj: Trajectory, out_path, title: str | None = Non
     from matplotlib.offsetbox import AnchoredOffsetbox, HPacker, TextArea, VPacker
 
     cmap = plt.get_cmap("RdYlGn")
-    fig, (ax_text, ax_curve) = plt.subplots(2, 1, figsize=(10, 7), height_ratios=[3, 1])
-    ax_text.axis("off")
     lines, line, width, start = [], [], 0, 0
     for end, p in zip(traj.char_ends, traj.safe_prob):
         for piece_i, piece in enumerate(example["response"][start:end].split("\n")):
@@ -349,6 +347,9 @@ def plot_trajectory(example, traj: Trajectory, out_path, title: str | None = Non
         start = end
     lines.append(line)
     rows = [HPacker(children=l, pad=0, sep=0) for l in lines if l]
+    text_height = 0.6 + 0.2 * len(rows)
+    fig, (ax_text, ax_curve) = plt.subplots(2, 1, figsize=(10, text_height + 2.2), height_ratios=[text_height, 2.2])
+    ax_text.axis("off")
     if rows:
         box = VPacker(children=rows, pad=0, sep=3)
         ax_text.add_artist(AnchoredOffsetbox(loc="upper left", child=box, frameon=False, bbox_to_anchor=(0, 1),

@@ -19,7 +19,7 @@ from flax import nnx
 from dss import assets
 from dss.models import ModelConfig, Transformer, save_pretrained
 
-VERSION = "v1"  # bump when the recipe changes, so old caches are not reused
+VERSION = "v2"  # bump when the recipe changes, so old caches are not reused
 DEMO_DATA = Path(__file__).parent / "data" / "demo.jsonl"
 
 

@@ -1,6 +1,5 @@
 """The KV-cache path and arbitrary masks give the numbers of plain full forwards."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
