@@ -228,13 +228,15 @@ def _shared_probs(guard, plans, probs, score_mode, token_budget, multiple, bar):
     verdict_ids = jnp.asarray(guard.adapter.verdict_token_ids)
     for idx, shared, size in _length_batches([len(p.shared) for p in plans], token_budget, multiple, step=32):
         batch = [plans[i] for i in idx]
-        width = _bucket(max(len(s) for p in batch for s in p.suffixes))
+        width = _bucket(max(len(s) for p in batch for s in p.suffixes), 16)
         prefix = np.zeros((size, shared), np.int32)
         for b, plan in enumerate(batch):
             prefix[b, : len(plan.shared)] = plan.shared
         cache = _prefill(guard.model, jnp.asarray(prefix), width=width)
         rows = _suffix_rows(batch, width)
-        per_call = max(multiple, 2 ** int(math.log2(max(1, token_budget // (shared + width)))))
+        # rows per call: `token_budget` new tokens, attention scores within 256 x the budget
+        per_call = min(token_budget // width, 256 * token_budget // (width * (shared + width)))
+        per_call = max(multiple, 2 ** int(math.log2(max(1, per_call))))
         per_call = min(per_call, max(multiple, _pow2(len(rows))))
         for i in range(0, len(rows), per_call):
             arrays, owners = _row_arrays(batch, rows[i : i + per_call], shared, width, per_call)
