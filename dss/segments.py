@@ -78,27 +78,24 @@ def token_cuts(response: str, tokenizer: PreTrainedTokenizerBase, chunk_size: in
 
 
 def token_weights(
-    char_ends: Sequence[int],
-    safe_prob: np.ndarray,
+    traj: Trajectory,
     token_char_spans: Sequence[tuple[int, int]] | np.ndarray,
     after_response: Sequence[bool] | np.ndarray | None = None,
 ) -> np.ndarray:
-    """STAR weight of each policy response token: the score of the first prefix that contains
-    the token's whole text (first cut >= its end).
+    """STAR weight of each policy response token: the score of the first prefix of `traj` that
+    contains the token's whole text (first cut >= its end).
 
     Tokens ending past the last cut (trailing whitespace, an end-of-turn token given the empty
     span (len, len)) get the last score, as do tokens flagged in `after_response` (end-of-turn
     and other template tokens whose spans are meaningless, e.g. HF's (0, 0) for special tokens).
     Returns float32 [n_tokens].
     """
-    safe_prob = np.asarray(safe_prob, np.float32)
-    _check_scores(char_ends, safe_prob)
     spans = np.asarray(token_char_spans, np.int64).reshape(-1, 2)
-    k = np.searchsorted(np.asarray(char_ends), spans[:, 1], side="left")
-    k = np.minimum(k, len(char_ends) - 1)
+    last = len(traj.char_ends) - 1
+    k = np.minimum(np.searchsorted(np.asarray(traj.char_ends), spans[:, 1], side="left"), last)
     if after_response is not None:
-        k = np.where(np.asarray(after_response, bool), len(char_ends) - 1, k)
-    return safe_prob[k]
+        k = np.where(np.asarray(after_response, bool), last, k)
+    return traj.safe_prob[k]
 
 
 def rs_weight(safe_prob: np.ndarray, mode: str = "hard", threshold: float = 0.5) -> np.float32:

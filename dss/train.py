@@ -58,7 +58,7 @@ def star_inputs(config, workdir: Path, examples, encoded) -> dict[str, list[np.n
     for enc, traj in zip(encoded, trajs):
         w = np.ones(len(enc.targets), np.float32)  # earlier turns (train_on=all) are data, weight 1
         scored = enc.loss_mask & ((enc.response_spans[:, 1] >= 0) | enc.after_response)
-        w[scored] = token_weights(traj.char_ends, traj.safe_prob, enc.response_spans[scored], enc.after_response[scored])
+        w[scored] = token_weights(traj, enc.response_spans[scored], enc.after_response[scored])
         weights.append(w)
     return {"star_weight": weights}
 

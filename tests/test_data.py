@@ -421,7 +421,7 @@ def test_attacked_response_spans_and_star_weights(llama_tok):
     cuts = segments.word_cuts(attacked["response"], chunk_size=3)
     probs = np.linspace(0.9, 0.1, len(cuts)).astype(np.float32)
     scored = enc.loss_mask & (enc.response_spans[:, 1] >= 0)
-    weights = segments.token_weights(cuts, probs, enc.response_spans[scored], enc.after_response[scored])
+    weights = segments.token_weights(segments.Trajectory(cuts, probs), enc.response_spans[scored], enc.after_response[scored])
     ends = enc.response_spans[scored][:, 1]
     expected = [probs[min(np.searchsorted(cuts, e), len(cuts) - 1)] for e in ends]
     np.testing.assert_allclose(weights, expected)

@@ -73,7 +73,7 @@ def test_empty_and_whitespace_only_responses_score_the_empty_prefix(response, gu
     assert word_cuts(response) == [0]
     assert token_cuts(response, guard_tok, 3) == [0]
     spans = [(0, len(response)), (len(response), len(response))]  # whitespace, end of turn
-    np.testing.assert_array_equal(token_weights([0], [0.25], spans), [0.25, 0.25])
+    np.testing.assert_array_equal(token_weights(Trajectory([0], [0.25]), spans), [0.25, 0.25])
 
 
 def test_chunk_size_must_be_positive(guard_tok):
@@ -109,7 +109,7 @@ def test_token_weights_boundaries():
     char_ends, probs = [5, 12, 20], np.array([0.9, 0.5, 0.1])
     spans = [(0, 3), (3, 5), (5, 6), (10, 14), (14, 20), (20, 22), (20, 20), (0, 0), (0, 0)]
     after = [False] * 8 + [True]  # the last (0, 0) is a flagged end-of-turn token
-    w = token_weights(char_ends, probs, spans, after_response=after)
+    w = token_weights(Trajectory(char_ends, probs), spans, after_response=after)
     assert w.dtype == np.float32
     np.testing.assert_array_equal(w, np.float32([0.9, 0.9, 0.5, 0.1, 0.1, 0.1, 0.1, 0.9, 0.1]))
 
@@ -132,7 +132,7 @@ def test_token_weights_with_policy_tokenizer(responses, policy_tok):
         spans = np.array(enc["offset_mapping"])[mask] - start
         after = spans[:, 0] >= len(response)
         assert after.sum() == 1  # the end-of-turn token
-        w = token_weights(cuts, probs, spans, after_response=after)
+        w = token_weights(Trajectory(cuts, probs), spans, after_response=after)
         assert w[-1] == probs[-1]
         for (s, e), weight in zip(spans, w):
             k = next((k for k, cut in enumerate(cuts) if e <= cut), len(cuts) - 1)
@@ -165,4 +165,4 @@ def test_trajectory_validates():
     with pytest.raises(ValueError, match="increasing"):
         Trajectory(char_ends=[8, 3], safe_prob=[0.5, 0.5])
     with pytest.raises(ValueError, match="one score per cut"):
-        token_weights([3, 8], [0.5], [(0, 1)])
+        token_weights(Trajectory([3, 8], [0.5]), [(0, 1)])
