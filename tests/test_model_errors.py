@@ -66,3 +66,9 @@ def test_not_a_model_dir(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"config\.json: invalid JSON"):
         dss.models.load_pretrained(tmp_path)
+
+
+def test_unreachable_hub_id_names_the_path(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"no-such-org/no-such-model: not a local directory, and fetching"):
+        dss.models.load_pretrained("no-such-org/no-such-model")

@@ -122,7 +122,10 @@ def resolve_path(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: not a model directory")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    except Exception as e:  # offline, gated, misspelt: say which path failed, keep the hub's reason
+        raise FileNotFoundError(f"{path}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}") from e
 
 
 def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None) -> Transformer:
