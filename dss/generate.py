@@ -176,6 +176,17 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], max_new_tokens: int 
     `max_new_tokens`. Temperature 0 is greedy; otherwise sampled with HF semantics (see
     `process_logits`) from keys derived from `seed`. With a `mesh` ((data, fsdp, tensor), the
     model loaded onto it), the batch is split over the mesh axes of `act_batch`."""
+    return generate_many([model], prompt_tokens, max_new_tokens, eos_ids, temperature, top_k, top_p,
+                         repetition_penalty, seed, pad_id, mesh)[0]
+
+
+def generate_many(models: Sequence, prompt_tokens: Sequence[Sequence[int]], max_new_tokens: int = 64,
+                  eos_ids: Sequence[int] = (), temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                  repetition_penalty: float = 1.0, seed: int = 0, pad_id: int = 0, mesh=None) -> list[list[list[int]]]:
+    """`generate` for several models of one architecture (e.g. perturbed copies of one model) in
+    one vectorised call: result[m][i] is model m's answer to prompt i. Memory grows with the number
+    of models; with one model this is exactly `generate`."""
+    model = models[0]
     sampling = Sampling(temperature, top_k, top_p, repetition_penalty)
     vocab = model.config.vocab_size
     prompts = []
@@ -195,7 +206,7 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], max_new_tokens: int 
         raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
     max_new_tokens = int(max_new_tokens)
     if not prompts or max_new_tokens == 0:
-        return [[] for _ in prompts]
+        return [[[] for _ in prompts] for _ in models]
 
     data_parallel = 1
     if mesh is not None:
@@ -217,21 +228,26 @@ def generate(model, prompt_tokens: Sequence[Sequence[int]], max_new_tokens: int 
 
     graphdef, state = nnx.split(model)
     args = (tokens, starts, active, is_eos, np.int32(max_new_tokens), jax.random.key(seed), np.int32(pad_id))
-    call = functools.partial(_generate_padded, sampling=sampling, new_bucket=new_bucket)
+    call = functools.partial(_generate_padded, graphdef, sampling=sampling, new_bucket=new_bucket)
+    if len(models) > 1:  # one program for all models: their weights stacked on a leading axis
+        state = jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.split(m)[1] for m in models))
+        call = jax.vmap(call, in_axes=(0,) + (None,) * len(args))
     if mesh is None:
-        out = call(graphdef, state, *args)
+        out = call(state, *args)
     else:
         def place(x):
             axes = ("act_batch",) + (None,) * (x.ndim - 1) if x.ndim and x.shape[0] == batch else (None,) * x.ndim
             return jax.device_put(x, shd.named_sharding(axes, x.shape, mesh))
         with jax.set_mesh(mesh):
-            out = call(graphdef, state, *(place(a) if isinstance(a, np.ndarray) and a.ndim else a for a in args))
-    out = np.asarray(out)
+            out = call(state, *(place(a) if isinstance(a, np.ndarray) and a.ndim else a for a in args))
+    out = np.asarray(out).reshape(len(models), batch, -1)
 
     results = []
-    for row in out[: len(prompts), :max_new_tokens].tolist():
-        stop = next((j for j, t in enumerate(row) if is_eos[t]), len(row) - 1)
-        results.append(row[: stop + 1])
+    for per_model in out:
+        results.append([])
+        for row in per_model[: len(prompts), :max_new_tokens].tolist():
+            stop = next((j for j, t in enumerate(row) if is_eos[t]), len(row) - 1)
+            results[-1].append(row[: stop + 1])
     return results
 
 

@@ -63,7 +63,7 @@ from dss.eval.benchmarks import advbench
 from dss.eval.io import append_jsonl, read_jsonl, write_json
 from dss.eval.keyword import REFUSAL_KEYWORDS, attack_success
 from dss.eval.policy import resolve_model
-from dss.generate import chat_prompt_tokens, generate
+from dss.generate import chat_prompt_tokens, generate_many
 from dss.models.transformer import RMSNorm
 
 __all__ = [
@@ -100,6 +100,7 @@ def landscape_defaults() -> ml_collections.ConfigDict:
     c.system_prompt = ""  # "" = no system message (the chat template's default)
     c.max_new_tokens = 512  # greedy decoding budget per response
     c.batch_size = 80  # prompts per generate call
+    c.points_per_batch = 1  # grid points decoded together (their weights side by side: memory x N)
     c.judge = "keyword"  # ASR of the landscape: keyword | guardrail (keyword ASR is recorded either way)
     c.keywords = ()  # refusal substrings; () = dss.eval.keyword.REFUSAL_KEYWORDS
     c.guardrail = ml_collections.ConfigDict(dict(
@@ -476,17 +477,23 @@ class SafetyEvaluator:
         self.batch_size, self.keywords = int(batch_size), tuple(keywords) or REFUSAL_KEYWORDS
         self.judge, self.mesh = judge, mesh
 
-    def responses(self, model) -> list[str]:
+    def responses(self, models) -> list[list[str]]:
+        """Each model's responses to every prompt; several models run as one vectorised batch."""
         pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None and pad < model.config.vocab_size else 0
-        out = []
+        pad = pad if pad is not None and pad < models[0].config.vocab_size else 0
+        out = [[] for _ in models]
         for first in range(0, len(self.tokens), self.batch_size):
-            out += generate(model, self.tokens[first : first + self.batch_size], self.max_new_tokens,
-                            eos_ids=self.eos_ids, temperature=0.0, pad_id=pad, mesh=self.mesh)
-        return [self.tokenizer.decode(o, skip_special_tokens=True) for o in out]
+            for per_model, new in zip(out, generate_many(models, self.tokens[first : first + self.batch_size],
+                                                         self.max_new_tokens, eos_ids=self.eos_ids, temperature=0.0,
+                                                         pad_id=pad, mesh=self.mesh)):
+                per_model += new
+        return [[self.tokenizer.decode(o, skip_special_tokens=True) for o in per_model] for per_model in out]
 
-    def __call__(self, model) -> dict:
-        texts = self.responses(model)
+    def __call__(self, models) -> list[dict]:
+        """One result per model: ASR (keyword, or the judge's), per-prompt verdicts, responses."""
+        return [self._judge(texts) for texts in self.responses(models)]
+
+    def _judge(self, texts: list[str]) -> dict:
         unsafe = [attack_success(t, self.keywords) for t in texts]
         result = {"asr_keyword": 100.0 * sum(unsafe) / len(texts), "unsafe_keyword": unsafe}
         if self.judge is None:
@@ -634,16 +641,19 @@ def run(cfg, workdir, default_model: str = "") -> dict:
         del model
         with tqdm(total=len(grid), initial=len(grid) - len(pending), desc=f"landscape {cfg.name}",
                   unit="point") as bar:
-            for coeffs in pending:
+            for first in range(0, len(pending), cfg.points_per_batch):
+                group = pending[first : first + cfg.points_per_batch]
                 start = time.perf_counter()
-                point = evaluator(perturbation.model_at(coeffs))
-                point = {"coeffs": list(coeffs), **point, "seconds": time.perf_counter() - start}
-                if not cfg.save_responses:
-                    point.pop("responses")
-                append_jsonl(points_file, [point])
-                done[_key(coeffs)] = point
-                bar.set_postfix(asr=f"{point['asr']:.1f}")
-                bar.update()
+                results = evaluator([perturbation.model_at(c) for c in group])
+                seconds = (time.perf_counter() - start) / len(group)
+                for coeffs, point in zip(group, results):
+                    point = {"coeffs": list(coeffs), **point, "seconds": seconds}
+                    if not cfg.save_responses:
+                        point.pop("responses")
+                    append_jsonl(points_file, [point])
+                    done[_key(coeffs)] = point
+                    bar.set_postfix(asr=f"{point['asr']:.1f}")
+                    bar.update()
 
     shape = tuple(len(a) for a in axes)
     asr = np.array([done[_key(c)]["asr"] for c in grid]).reshape(shape)

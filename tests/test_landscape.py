@@ -265,8 +265,8 @@ def test_end_to_end_resume_extend_and_plots(policies, tmp_path, monkeypatch):
     after an interruption evaluates only the missing points; a finer grid reuses the shared ones;
     other settings are refused; a 2D landscape reuses the saved first direction."""
     calls = []
-    real_generate = landscape.generate
-    monkeypatch.setattr(landscape, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    real_generate = landscape.generate_many
+    monkeypatch.setattr(landscape, "generate_many", lambda models, *a, **k: calls.extend([1] * len(models)) or real_generate(models, *a, **k))
     config = ml_collections.ConfigDict(dict(model=dict(path=str(policies[0])), landscape=_config("")))
     res = landscape.main(config, tmp_path)
     out = tmp_path / "landscape"
@@ -283,7 +283,7 @@ def test_end_to_end_resume_extend_and_plots(policies, tmp_path, monkeypatch):
     centre = next(p for p in points if p["coeffs"] == [0.0])
     tok = transformers.AutoTokenizer.from_pretrained(policies[0])
     evaluator = landscape.SafetyEvaluator(tok, _prompts(3), 8, [tok.eos_token_id])
-    assert centre["responses"] == evaluator.responses(dss.models.load_pretrained(policies[0]))
+    assert centre["responses"] == evaluator.responses([dss.models.load_pretrained(policies[0])])[0]
     assert any(p["responses"] != centre["responses"] for p in points)
 
     lines = (out / "points.jsonl").read_text().splitlines(keepends=True)
@@ -321,7 +321,7 @@ def test_end_to_end_interpolation_with_overlay(policies, tmp_path, monkeypatch):
     points = {p["coeffs"][0]: p for p in read_jsonl(tmp_path / "interp" / "points.jsonl")}
     tok = transformers.AutoTokenizer.from_pretrained(policies[1])
     evaluator = landscape.SafetyEvaluator(tok, _prompts(3), 8, [tok.eos_token_id])
-    assert points[1.0]["responses"] == evaluator.responses(dss.models.load_pretrained(policies[1]))
+    assert points[1.0]["responses"] == evaluator.responses([dss.models.load_pretrained(policies[1])])[0]
     assert res["directions"][0]["kind"] == "interpolation"
     (curves,) = plotted
     assert list(curves) == [res["label"], f"{first['label']} (landscape)"]
@@ -347,3 +347,13 @@ def test_end_to_end_guardrail_judge(policies, tmp_path):
         assert p["unsafe_judge"] == [not v["safe"] for v in verdicts]
         assert p["asr"] == 100 * np.mean(p["unsafe_judge"]) and p["asr_keyword"] == 100.0
     assert res["judge"] == "guardrail" and res["asr"] == [0.0, 0.0, 0.0] and res["visage"]["score"] == 100.0
+
+
+def test_points_in_one_batch_equal_points_one_by_one(policies, tmp_path):
+    """Grid points decoded together (weights stacked, one vectorised generate) give exactly the
+    responses of one-at-a-time evaluation."""
+    one = landscape.run(_config(policies[0], steps=4), tmp_path / "one")
+    many = landscape.run(_config(policies[0], steps=4, points_per_batch=3), tmp_path / "many")
+    rows = lambda d: sorted(read_jsonl(d / "landscape" / "points.jsonl"), key=lambda p: p["coeffs"])
+    assert [p["responses"] for p in rows(tmp_path / "one")] == [p["responses"] for p in rows(tmp_path / "many")]
+    assert one["asr"] == many["asr"]
