@@ -1,6 +1,6 @@
 """The paper's experiments as variants of one file.
 
-    python -m dss.train --config configs/paper/table1.py:star_dss --config.data.sources.0.path=/data/harmful100.jsonl
+    python -m dss.train --config configs/paper/table1.py:star_dss,harmful=/data/harmful100.jsonl
     ... :sft | :rs | :deep_token | :kl_only           (objective)
     ... :star_dss,llama_guard                          (Llama Guard 3 8B instead of Granite Guardian)
     ... :star_dss,benign10 | :sft,benign1              (GSM8K mixed with 10% / 1% harmful examples)
@@ -14,28 +14,32 @@ kl_coef 0.5 with the k2 estimator. Hub names work; every path can be a local dir
 from dss.config import base_config
 
 OBJECTIVES = ("star_dss", "sft", "rs", "deep_token", "kl_only")
-HARMFUL = "harmful100.jsonl"  # placeholder: point --config.data.sources.0.path at your copy
 
 
 def get_config(arg: str = "star_dss"):
-    options = [a for a in arg.split(",") if a]
+    """`arg`: comma-separated variant names, plus `harmful=<path>` (the harmful finetuning set)."""
+    settings = dict(a.split("=", 1) for a in arg.split(",") if "=" in a)
+    options = [a for a in arg.split(",") if a and "=" not in a]
+    harmful = settings.pop("harmful", "harmful100.jsonl")
+    if settings:
+        raise ValueError(f"configs/paper/table1.py: unknown setting(s) {sorted(settings)} (only harmful=<path>)")
     objective = next((o for o in options if o in OBJECTIVES), "star_dss")
     unknown = set(options) - set(OBJECTIVES) - {"llama_guard", "benign10", "benign1"}
     if unknown:
         raise ValueError(f"configs/paper/table1.py: unknown variant(s) {sorted(unknown)}")
     c = base_config()
-    c.workdir = f"workdir/table1_{arg.replace(',', '_')}"
+    c.workdir = f"workdir/table1_{'_'.join(options) or objective}"
     c.model.path = "meta-llama/Llama-3.2-1B-Instruct"
     c.model.dtype = "bfloat16"  # bf16 compute, fp32 parameters and optimizer state
     c.guardrail.paths = ["meta-llama/Llama-Guard-3-8B" if "llama_guard" in options else "ibm-granite/granite-guardian-3.1-2b"]
     c.guardrail.dtype = "bfloat16"
     c.objective.name = objective
-    c.data.sources = [dict(path=HARMFUL, prompt_field="prompt", response_field="response")]
+    c.data.sources = [dict(path=harmful, prompt_field="prompt", response_field="response")]
     if "benign10" in options or "benign1" in options:  # GSM8K with a share of harmful examples
         share = 0.10 if "benign10" in options else 0.01
         c.data.sources = [dict(path="openai/gsm8k", subset="main", split="train", prompt_field="question",
                                response_field="answer", weight=1 - share),
-                          dict(path=HARMFUL, prompt_field="prompt", response_field="response", weight=share)]
+                          dict(path=harmful, prompt_field="prompt", response_field="response", weight=share)]
         c.data.size = 1000  # examples after mixing
         c.train.epochs = 1
     c.eval.model = c.workdir
