@@ -201,11 +201,15 @@ class StopSignal:
 
     def __init__(self):
         self.received = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.received = signum
+
+    def close(self) -> None:
+        """Give the signals back to whoever handled them before (a caller, pytest, the shell)."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -310,6 +314,7 @@ def train(config, workdir) -> dict:
             out = {k: float(v) for k, v in jax.device_get(out).items()}
             if not np.isfinite(out["loss"]):
                 checkpoints.close()
+                stop.close()
                 raise FloatingPointError(
                     f"non-finite loss {out['loss']} at step {step + 1}; the last good checkpoint is step "
                     f"{checkpoints.latest()} in {workdir / 'checkpoints'} (try a lower config.train.lr)")
@@ -325,6 +330,7 @@ def train(config, workdir) -> dict:
                 break
     checkpoints.close()
     metrics_log.close()
+    stop.close()
     if stop.received:
         log.warning("stopped by signal %d at step %d; run the same command to resume", stop.received, step)
         sys.exit(128 + stop.received)

@@ -152,8 +152,10 @@ def test_baseline_objectives_run(tmp_path, objective):
 def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
     config = tiny_config(**{"train.lr": 1e30, "train.warmup_ratio": 0.0, "train.checkpoint_every": 1,
                             "objective.name": "sft", "train.clip": 1e30})
+    handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(FloatingPointError, match=r"non-finite loss .* last good checkpoint is step \d"):
         dss_train.train(config, tmp_path)
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run gave its signal handlers back
     ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert ckpts and max(ckpts) == max(losses(tmp_path))
     assert not (tmp_path / "export").exists()
