@@ -62,7 +62,7 @@ from dss import sharding
 from dss.eval.benchmarks import advbench
 from dss.eval.io import append_jsonl, read_jsonl, write_json
 from dss.eval.keyword import REFUSAL_KEYWORDS, attack_success
-from dss.eval.policy import resolve_model
+from dss.eval.policy import eos_ids, resolve_model
 from dss.generate import chat_prompt_tokens, generate_many
 from dss.models.transformer import RMSNorm
 
@@ -506,15 +506,6 @@ class SafetyEvaluator:
         return result
 
 
-def _eos_ids(tokenizer, model_dir: Path) -> list[int]:
-    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-    gen = model_dir / "generation_config.json"
-    if gen.exists():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
-        ids += eos if isinstance(eos, list) else [] if eos is None else [eos]
-    return sorted(set(ids))
-
-
 # ----------------------------------------------------------------------------------------------
 # The job
 
@@ -635,7 +626,7 @@ def run(cfg, workdir, default_model: str = "") -> dict:
     grid = [tuple(float(c) for c in p) for p in itertools.product(*axes)]
     pending = [c for c in grid if _key(c) not in done]
     if pending:
-        evaluator = SafetyEvaluator(tokenizer, prompts, cfg.max_new_tokens, _eos_ids(tokenizer, local),
+        evaluator = SafetyEvaluator(tokenizer, prompts, cfg.max_new_tokens, eos_ids(tokenizer, local),
                                     cfg.system_prompt, cfg.batch_size, cfg.keywords, _judge(cfg), mesh)
         perturbation = Perturbation(model, directions)
         del model

@@ -49,6 +49,16 @@ def _continuation_logprobs(model, tokens, starts, lengths, width):
     return jnp.sum(jnp.where(starts[:, None] + steps < lengths[:, None], picked, 0.0), axis=-1)
 
 
+def eos_ids(tokenizer, model_dir: Path) -> list[int]:
+    """End-of-sequence ids: the tokenizer's EOS plus generation_config.json's (end-of-turn tokens)."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    gen_config = Path(model_dir) / "generation_config.json"
+    if gen_config.exists():
+        eos = json.loads(gen_config.read_text()).get("eos_token_id")
+        ids += eos if isinstance(eos, list) else [] if eos is None else [eos]
+    return sorted(set(ids))
+
+
 class Policy:
     """An HF checkpoint (`model_path`, already resolved) with its tokenizer and decoding settings.
 
@@ -88,12 +98,7 @@ class Policy:
         self._model = self._mesh = None
 
     def _eos_ids(self, gen_config: Path) -> list[int]:
-        tok, ids = self.tokenizer, []
-        if tok.eos_token_id is not None:
-            ids.append(tok.eos_token_id)
-        if gen_config.exists():
-            eos = json.loads(gen_config.read_text()).get("eos_token_id")
-            ids += eos if isinstance(eos, list) else [] if eos is None else [eos]
+        tok, ids = self.tokenizer, eos_ids(self.tokenizer, gen_config.parent)
         for token in self.stop_tokens:
             token_id = tok.convert_tokens_to_ids(token)
             if token_id is None or token_id == tok.unk_token_id:
