@@ -2,9 +2,11 @@
 
 star  — STAR scoring, shared_kv vs naive, on one random guardrail and real prompts/responses
         (5-word chunks): examples/s of each, the ratio, and the fraction of the lower bound
-        (one pass over prompt + response plus K template tails) that shared_kv achieves.
+        (the template head once, one pass over each prompt + response, plus K template tails)
+        that shared_kv achieves.
 train — train-step time of STAR-DSS (k2, precomputed reference; and full KL with the reference
-        model in the step) relative to SFT on the same model and batch; SFT tokens/s.
+        model in the step) relative to SFT on the same model and batch; SFT tokens/s and model
+        TFLOP/s (6 x matmul parameters + attention per token; divide by the chip's peak for MFU).
 Numbers are measured in one process, warm (compiled) runs only, so the ratios are comparable.
 """
 
@@ -29,12 +31,13 @@ flags.DEFINE_string("data_dir", str(Path(__file__).resolve().parents[2] / "share
 flags.DEFINE_integer("examples", 32, "examples to score")
 flags.DEFINE_integer("repeats", 2, "timed repetitions (after one warm-up)")
 flags.DEFINE_string("guard_size", "cpu", "model shape: cpu (hidden 256, 4 layers) | llama-guard-3-1b (Llama 3.2 1B shape, random weights)")
+flags.DEFINE_string("dtype", "float32", "guardrail compute dtype (bfloat16 on accelerators)")
 FLAGS = flags.FLAGS
 
 GUARD_SHAPES = {
     "cpu": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2),
     "llama-guard-3-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                             num_key_value_heads=8, head_dim=64),
+                             num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True),
 }
 
 
@@ -56,51 +59,60 @@ def bench_examples(data_dir: Path, n: int) -> list[dict]:
 def make_guard(root: Path, texts: list[str], shape: str) -> star.Guardrail:
     tok = assets.make_tokenizer(root, texts + [assets.LLAMA_GUARD_3_TEMPLATE] * 50, vocab_size=4096,
                                 chat_template=assets.LLAMA_GUARD_3_TEMPLATE)
-    hf = transformers.LlamaConfig(vocab_size=len(tok), max_position_embeddings=8192, **GUARD_SHAPES[shape])
+    hf = transformers.LlamaConfig(**{"vocab_size": len(tok), "max_position_embeddings": 8192, **GUARD_SHAPES[shape]})
     save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(0)), root)
-    return star.Guardrail.from_pretrained(root)
+    return star.Guardrail.from_pretrained(root, dtype=FLAGS.dtype)
 
 
 def token_counts(guard: star.Guardrail, examples) -> tuple[int, int, int]:
-    """(real tokens naive and shared_kv feed the model, lower bound: the full rendering plus the
-    template tail of each of the other K - 1 prefixes, which no method can avoid)."""
-    naive = processed = bound = 0
+    """(real tokens naive and shared_kv feed the model, lower bound: the template head once, the
+    rest of each full rendering once, and the template tail of each of the other K - 1 prefixes)."""
+    naive = bound = 0
+    plans = []
     tok = guard.adapter.tokenizer
     for ex in examples:
         cuts = word_cuts(ex["response"])
-        ids = [guard.adapter.encode(ex["prompt"], ex["response"][:c]) for c in cuts]
+        ids = guard.adapter.encode_many([(ex["prompt"], ex["response"][:c]) for c in cuts])
         full = guard.adapter.encode(ex["prompt"], ex["response"])
-        plan = star._shared_plan(ids, full, 0)
+        plans.append(star._shared_plan(ids, full, len(plans)))
         naive += sum(map(len, ids))
-        processed += len(plan.shared) + sum(map(len, plan.suffixes))
         rendered = guard.adapter.render(ex["prompt"], ex["response"])
         response_end = rendered.rindex(ex["response"]) + len(ex["response"]) if ex["response"] else len(rendered)
         offsets = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         tail = sum(start >= response_end for start, _ in offsets)
         bound += len(full) + (len(cuts) - 1) * tail  # the last prefix is the full rendering itself
-    return naive, processed, bound
+    head = star._head_length(plans)
+    processed = head + sum(len(p.full) - head + sum(map(len, p.suffixes)) for p in plans)
+    return naive, processed, bound - (len(plans) - 1) * head
 
 
 def bench_star() -> dict:
+    import jax
+
     examples = bench_examples(Path(FLAGS.data_dir), FLAGS.examples)
     with tempfile.TemporaryDirectory() as tmp:
         guard = make_guard(Path(tmp), [t for ex in examples for t in ex.values()], FLAGS.guard_size)
-        results = {}
-        for method in ("shared_kv", "naive"):
-            star.score(guard, examples, method=method)  # compile
-            times = []
-            for _ in range(FLAGS.repeats):
+        methods = ("shared_kv", "naive")
+        times, first = {method: [] for method in methods}, {}
+        for method in methods:
+            start = time.perf_counter()
+            star.score(guard, examples, method=method)  # compiles
+            first[method] = time.perf_counter() - start
+        for _ in range(FLAGS.repeats):  # interleaved, so load changes hit both methods alike
+            for method in methods:
                 start = time.perf_counter()
                 star.score(guard, examples, method=method)
-                times.append(time.perf_counter() - start)
-            results[method] = len(examples) / min(times)
+                times[method].append(time.perf_counter() - start)
+        speed = {method: len(examples) / min(t) for method, t in times.items()}
         naive, processed, bound = token_counts(guard, examples)
     prefixes = sum(len(word_cuts(ex["response"])) for ex in examples)
     return {
-        "examples": len(examples), "prefixes": prefixes, "guard": FLAGS.guard_size,
-        "shared_kv_examples_per_s": round(results["shared_kv"], 2),
-        "naive_examples_per_s": round(results["naive"], 2),
-        "speedup": round(results["shared_kv"] / results["naive"], 2),
+        "examples": len(examples), "prefixes": prefixes, "guard": FLAGS.guard_size, "dtype": FLAGS.dtype,
+        "device": jax.devices()[0].device_kind,
+        "shared_kv_examples_per_s": round(speed["shared_kv"], 2),
+        "naive_examples_per_s": round(speed["naive"], 2),
+        "speedup": round(speed["shared_kv"] / speed["naive"], 2),
+        **{f"{method}_first_call_s": round(first[method], 1) for method in methods},  # compilation included
         "naive_tokens": naive, "shared_kv_tokens": processed, "lower_bound_tokens": bound,
         "lower_bound_fraction": round(bound / processed, 3),
     }
@@ -115,10 +127,15 @@ def bench_train() -> dict:
 
     from dss import train as dss_train
 
-    hf = transformers.LlamaConfig(vocab_size=8192, max_position_embeddings=4096, **GUARD_SHAPES[FLAGS.guard_size])
-    model = Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(0))
+    hf = transformers.LlamaConfig(**{"vocab_size": 8192, "max_position_embeddings": 4096, **GUARD_SHAPES[FLAGS.guard_size]})
+    cfg = ModelConfig.from_hf(hf.to_dict())
+    model = Transformer(cfg, dtype=FLAGS.dtype, rngs=nnx.Rngs(0))  # parameters stay float32
     rng = np.random.default_rng(0)
     b, t = 8, 512
+    # training FLOPs per token: 6 x the matmul parameters (the embedding lookup is none) + attention
+    matmul_params = sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    matmul_params -= 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size
+    flops_per_token = 6 * matmul_params + 12 * cfg.num_layers * t * cfg.num_heads * cfg.head_dim
     batch = {"input_ids": rng.integers(0, 8192, (b, t)).astype(np.int32),
              "targets": rng.integers(0, 8192, (b, t)).astype(np.int32),
              "loss_mask": np.arange(t)[None, :] >= rng.integers(32, 200, (b, 1)),
@@ -148,10 +165,11 @@ def bench_train() -> dict:
             samples[label].append(time.perf_counter() - start)
     times = {label: float(np.median(s)) for label, s in samples.items()}
     return {
-        "model": FLAGS.guard_size, "batch": [b, t], "device": jax.devices()[0].device_kind,
+        "model": FLAGS.guard_size, "dtype": FLAGS.dtype, "batch": [b, t], "device": jax.devices()[0].device_kind,
         **{f"{k}_step_s": round(v, 4) for k, v in times.items()},
         **{f"{k}_vs_sft": round(v / times["sft"], 3) for k, v in times.items() if k != "sft"},
         "sft_tokens_per_s": round(b * t / times["sft"]),
+        "sft_model_tflops_per_s": round(flops_per_token * b * t / times["sft"] / 1e12, 2),
     }
 
 

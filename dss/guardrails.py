@@ -220,5 +220,9 @@ class GuardrailAdapter:
 
     def encode(self, prompt: str, response_prefix: str) -> list[int]:
         """Token ids of `render(...)`: exactly what a prefix is scored on."""
-        text = self.render(prompt, response_prefix)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.encode_many([(prompt, response_prefix)])[0]
+
+    def encode_many(self, pairs) -> list[list[int]]:
+        """`encode` of many (prompt, response prefix) pairs, tokenized in one batched call."""
+        texts = [self.render(prompt, prefix) for prompt, prefix in pairs]
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []

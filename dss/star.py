@@ -5,21 +5,24 @@ guardrail's own template (`dss.guardrails`) and reads the two verdict logits aft
 
 Two packings of the same forward kernel:
 - `naive`: one row per prefix, a plain causal pass over its own tokens (the reference).
-- `shared_kv`: one row per example. The row holds the longest token prefix that all prefixes'
-  renderings share with the full rendering (computed once), followed by each prefix's remaining
-  tokens (its "suffix": the tail of its own tokenisation plus the template tail). A tree mask lets
-  suffix k see the shared tokens it actually has in common with the full rendering and its own
-  earlier tokens, at its own positions. So every prefix is scored on exactly the tokens its own
-  rendered string tokenises to, even where byte-level BPE merges across a cut (".\\n\\n").
+- `shared_kv`: the template head (the text before the prompt, the same for every example) is
+  run once; each example's full rendering is run once on top of it, and its verdict is the
+  last prefix's (the whole response). Every other prefix then runs only its "suffix": its own
+  tokens after the longest token prefix it shares with the full rendering (the template tail
+  plus, where byte-level BPE merges across the cut (".\n\n"), the tokens that differ). A suffix
+  attends to the cached slots it has in common and to its own earlier tokens, at its own
+  positions, so every prefix is scored on exactly the tokens its own rendering tokenises to.
 
-Rows are bucketed by length (bounded recompiles) and batched; only the verdict positions are
-unembedded.
+Suffix rows are sorted by how much of the cache they see and batched so that each call attends
+to no more of it than it needs; lengths are bucketed (bounded recompiles); only the verdict
+positions are unembedded; each call is dispatched before the previous one's logits are fetched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -70,11 +73,11 @@ class Guardrail:
 
 @dataclasses.dataclass
 class _Plan:
-    """One example's work: a token prefix to cache once, and each prefix's own remaining tokens."""
+    """One example's work: the full rendering to cache once, and each prefix's own remaining tokens."""
 
     example: int
-    shared: list[int]  # leading tokens of the full rendering, cached once (naive: empty)
-    suffixes: list[list[int]]  # prefix k's tokens after the first commons[k]
+    full: list[int]  # the full rendering, cached once
+    suffixes: list[list[int]]  # prefix k's tokens after the first commons[k]; [] = read off the cache's last token
     commons: list[int]  # how many shared tokens prefix k really has in common with the full rendering
     seen: list[list[int]]  # each prefix's whole token list (for hf_sampling's repetition penalty)
 
@@ -86,10 +89,18 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _shared_plan(ids_per_prefix, full_ids, example: int) -> _Plan:
-    # each prefix keeps at least its last token as suffix: that is where its verdict is read
+    """A prefix that tokenizes to the full rendering (the whole response) is read off the cache's
+    last position; every other prefix keeps at least its last token as suffix (its verdict is
+    read there), and all its tokens after the first one that differs from the full rendering."""
+    full_ids = list(full_ids)
     commons = [min(_common_length(ids, full_ids), len(ids) - 1) for ids in ids_per_prefix]
-    shared = list(full_ids[: max(commons)])
-    return _Plan(example, shared, [ids[c:] for ids, c in zip(ids_per_prefix, commons)], commons, list(ids_per_prefix))
+    suffixes = [[] if list(ids) == full_ids else list(ids[c:]) for ids, c in zip(ids_per_prefix, commons)]
+    return _Plan(example, full_ids, suffixes, commons, list(ids_per_prefix))
+
+
+# Length buckets (one compiled shape per bucket): prefill rows, the cache part a suffix call
+# attends to, and suffix rows (their length is the template tail plus a token or two).
+PREFILL_STEP, CACHE_STEP, SUFFIX_STEP = 32, 64, 8
 
 
 def _bucket(n: int, step: int = 64) -> int:
@@ -108,12 +119,14 @@ def _groups(plan: _Plan, width: int) -> list[list[int]]:
     """Split an example's suffixes into consecutive groups of at most `width` tokens (one row each)."""
     groups, used = [[]], 0
     for k, suffix in enumerate(plan.suffixes):
+        if not suffix:
+            continue
         if groups[-1] and used + len(suffix) > width:
             groups.append([])
             used = 0
         groups[-1].append(k)
         used += len(suffix)
-    return groups
+    return [g for g in groups if g]
 
 
 def _length_batches(lengths: Sequence[int], token_budget: int, multiple: int, step: int = 64):
@@ -132,19 +145,32 @@ def _length_batches(lengths: Sequence[int], token_budget: int, multiple: int, st
 
 
 def _suffix_rows(batch: list[_Plan], width: int) -> list[tuple[int, list[int]]]:
-    """(cache row, suffix indices) of every suffix row of a batch, fullest first."""
+    """(cache row, suffix indices) of every suffix row of a batch, ordered by their length (bucketed)
+    and then by how many cached slots they see, so that each call is no wider and attends to no
+    more of the cache than its rows need."""
     rows = [(b, g) for b, plan in enumerate(batch) for g in _groups(plan, width)]
-    return sorted(rows, key=lambda r: -sum(len(batch[r[0]].suffixes[k]) for k in r[1]))
+    return sorted(rows, key=lambda r: (_bucket(_row_length(batch, r), SUFFIX_STEP), _visible(batch, [r])))
 
 
-def _row_arrays(batch, rows, shared: int, width: int, size: int):
-    """Inputs of one suffix call: each row holds suffixes of one example side by side."""
+def _row_length(batch: list[_Plan], row) -> int:
+    b, ks = row
+    return sum(len(batch[b].suffixes[k]) for k in ks)
+
+
+def _visible(batch: list[_Plan], rows) -> int:
+    """Cached slots the given rows see at most (each suffix sees its common tokens)."""
+    return max(batch[b].commons[k] for b, ks in rows for k in ks)
+
+
+def _row_arrays(batch, rows, visible: int, width: int, size: int):
+    """Inputs of one suffix call: each row holds suffixes of one example side by side, after the
+    first `visible` slots of its example's cache row."""
     reads = _pow2(max(len(ks) for _, ks in rows))
     a = dict(
         tokens=np.zeros((size, width), np.int32),
         positions=np.zeros((size, width), np.int32),
         limit=np.zeros((size, width), np.int32),  # query sees cached slots < limit
-        start=np.full((size, width), shared + width, np.int32),  # ... and new slots from start on
+        start=np.full((size, width), visible + width, np.int32),  # ... and new slots from start on
         reads=np.zeros((size, reads), np.int32),
         cache_rows=np.zeros(size, np.int32),
     )
@@ -158,39 +184,85 @@ def _row_arrays(batch, rows, shared: int, width: int, size: int):
             a["tokens"][r, sl] = suffix
             a["positions"][r, sl] = np.arange(common, common + len(suffix))
             a["limit"][r, sl] = common
-            a["start"][r, sl] = shared + offset
+            a["start"][r, sl] = visible + offset
             a["reads"][r, j] = offset + len(suffix) - 1
-            owners.append((r, j, plan, k))
+            owners.append((plan.example, k, (r, j), plan.seen[k]))
             offset += len(suffix)
     return a, owners
 
 
-@nnx.jit(static_argnames=("full_vocab",))
-def _last_logits(model, tokens, lengths, verdict_ids, full_vocab=False):
-    """Naive path: a plain causal pass per right-padded prefix, logits at its last token."""
-    hidden, _ = model.hidden_states(tokens)
-    logits = model.logits(jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1))[:, 0]
+# Device functions take the guardrail split into (graphdef, state): a plain jax.jit call costs
+# microseconds of host time, where nnx.jit re-walks the module graph on every call.
+_jit = functools.partial(jax.jit, static_argnames=("graphdef", "full_vocab"))
+
+
+def _verdict(model, hidden, verdict_ids, full_vocab):
+    logits = model.logits(hidden)
     return logits if full_vocab else logits[..., verdict_ids]
 
 
-@nnx.jit(static_argnames=("width",))
-def _prefill(model, tokens, width):
-    cache = model.init_cache(tokens.shape[0], tokens.shape[1] + width)
-    _, cache = model.hidden_states(tokens, cache=cache, cache_index=0)
+@_jit
+def _last_logits(graphdef, state, tokens, lengths, verdict_ids, full_vocab=False):
+    """Naive path: a plain causal pass per right-padded prefix, logits at its last token."""
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model.hidden_states(tokens)
+    return _verdict(model, jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1), verdict_ids, full_vocab)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _head_cache(graphdef, state, head):
+    """Cache [1, H] of the template head: the tokens every rendering starts with."""
+    model = nnx.merge(graphdef, state)
+    _, cache = model.hidden_states(head, cache=model.init_cache(1, head.shape[1]), cache_index=0)
     return cache
 
 
-@nnx.jit(static_argnames=("full_vocab",))
-def _suffix_logits(model, cache, tokens, positions, limit, start, reads, cache_rows, verdict_ids, full_vocab=False):
-    """Verdict logits of suffixes appended after their example's cached shared tokens, each
-    seeing only its own slice of the cache and its own earlier tokens."""
-    shared = cache.positions.shape[1] - tokens.shape[1]
-    slots = jnp.arange(cache.positions.shape[1])[None, None, :]
-    query = shared + jnp.arange(tokens.shape[1])[None, :, None]
+def _pad_slots(cache, slots: int):
+    """The cache with empty slots (position -1) appended up to `slots`."""
+    pad = lambda x, fill: jnp.pad(x, [(0, 0), (0, slots - x.shape[1])] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+    return dss.models.KVCache(tuple(pad(k, 0) for k in cache.keys), tuple(pad(v, 0) for v in cache.values),
+                              pad(cache.positions, -1))
+
+
+@_jit
+def _prefill(graphdef, state, head, rest, last, verdict_ids, full_vocab=False):
+    """Cache [B, H + rest] of each row's full rendering: every row continues the head's cache
+    row; and the verdict logits at each row's `last` token."""
+    model = nnx.merge(graphdef, state)
+    head_slots = head.positions.shape[1]
+    every_row_continues_head = jnp.zeros(rest.shape[0], jnp.int32)
+    hidden, cache = model.hidden_states(rest, cache=_pad_slots(head, head_slots + rest.shape[1]), cache_index=head_slots,
+                                        cache_rows=every_row_continues_head)
+    return cache, _verdict(model, jnp.take_along_axis(hidden, last[:, None, None], axis=1), verdict_ids, full_vocab)[:, 0]
+
+
+@jax.jit
+def _place(cache, part, first_row):
+    """The batch cache with a prefill chunk's rows written from `first_row` on."""
+    return jax.tree.map(lambda whole, p: jax.lax.dynamic_update_slice(whole, p, (first_row,) + (0,) * (p.ndim - 1)),
+                        cache, part)
+
+
+@functools.partial(jax.jit, static_argnames=("visible", "width"))
+def _take(cache, cache_rows, visible, width):
+    """The cache rows one suffix call continues, cut to their first `visible` slots, with `width`
+    free slots after them. A separate (cheap to compile) step, so that the model call's shape
+    depends only on the call, not on the batch cache it reads from."""
+    return _pad_slots(jax.tree.map(lambda x: jnp.take(x, cache_rows, axis=0)[:, :visible], cache), visible + width)
+
+
+@_jit
+def _suffix_logits(graphdef, state, cache, tokens, positions, limit, start, reads, verdict_ids, full_vocab=False):
+    """Verdict logits of suffixes appended after their example's cached tokens (`_take`), each
+    seeing only its own part of the cache and its own earlier tokens."""
+    model = nnx.merge(graphdef, state)
+    width = tokens.shape[1]
+    visible = cache.positions.shape[1] - width
+    slots = jnp.arange(visible + width)[None, None, :]
+    query = visible + jnp.arange(width)[None, :, None]
     mask = (slots < limit[:, :, None]) | ((slots >= start[:, :, None]) & (slots <= query))
-    hidden, _ = model.hidden_states(tokens, positions, mask, cache=cache, cache_index=shared, cache_rows=cache_rows)
-    logits = model.logits(jnp.take_along_axis(hidden, reads[:, :, None], axis=1))
-    return logits if full_vocab else logits[..., verdict_ids]
+    hidden, _ = model.hidden_states(tokens, positions, mask, cache=cache, cache_index=visible)
+    return _verdict(model, jnp.take_along_axis(hidden, reads[:, :, None], axis=1), verdict_ids, full_vocab)
 
 
 def _safe_prob(guard: Guardrail, logits: np.ndarray, seen: list[int], score_mode: str) -> float:
@@ -206,63 +278,113 @@ def _safe_prob(guard: Guardrail, logits: np.ndarray, seen: list[int], score_mode
     return float(1.0 / (1.0 + np.exp(logits[1] - logits[0])))
 
 
-def _naive_probs(guard, items, probs, score_mode, token_budget, multiple, bar):
-    """One plain forward per prefix (items: (example, prefix, token ids)), similar lengths batched."""
-    verdict_ids = jnp.asarray(guard.adapter.verdict_token_ids)
+def _naive_calls(graphdef, state, items, logits_args, token_budget, multiple):
+    """One plain forward per prefix (items: (example, prefix, token ids)), similar lengths batched.
+    Yields (device logits, owners) like `_shared_calls`."""
     for idx, length, size in _length_batches([len(ids) for _, _, ids in items], token_budget, multiple):
         tokens, lengths = np.zeros((size, length), np.int32), np.ones(size, np.int32)
         for b, i in enumerate(idx):
             ids = items[i][2]
             tokens[b, : len(ids)], lengths[b] = ids, len(ids)
-        logits = _last_logits(guard.model, jnp.asarray(tokens), jnp.asarray(lengths), verdict_ids,
-                              full_vocab=score_mode == "hf_sampling")
-        logits = np.asarray(jax.device_get(logits))
-        for b, i in enumerate(idx):
-            e, k, ids = items[i]
-            probs[e][k] = _safe_prob(guard, logits[b], ids, score_mode)
-        bar.update(len(idx))
+        logits = _last_logits(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), **logits_args)
+        yield logits, [(items[i][0], items[i][1], (b,), items[i][2]) for b, i in enumerate(idx)]
 
 
-def _shared_probs(guard, plans, probs, score_mode, token_budget, multiple, bar):
-    """Per batch of examples: cache the shared tokens once, then score rows of suffixes against it."""
-    verdict_ids = jnp.asarray(guard.adapter.verdict_token_ids)
-    for idx, shared, size in _length_batches([len(p.shared) for p in plans], token_budget, multiple, step=32):
+def _one_behind(calls):
+    """(host logits, owners) of each device call, fetched only after the next call is dispatched,
+    so that the host prepares call i + 1 while the device runs call i."""
+    pending = None
+    for call in calls:
+        if pending is not None:
+            yield np.asarray(jax.device_get(pending[0])), pending[1]
+        pending = call
+    if pending is not None:
+        yield np.asarray(jax.device_get(pending[0])), pending[1]
+
+
+def _head_length(plans: Sequence[_Plan]) -> int:
+    """Tokens that every prefix of every example starts with (the template head): cached once."""
+    first = plans[0].full
+    return min(min(_common_length(first, p.full), min(p.commons)) for p in plans)
+
+
+def _rows_per_call(width: int, cached: int, token_budget: int, multiple: int, rows: int) -> int:
+    """Suffix rows per call: `token_budget` new tokens, attention scores within 256 x the budget."""
+    per_call = min(token_budget // width, 256 * token_budget // (width * (cached + width)))
+    per_call = max(multiple, 2 ** int(math.log2(max(1, per_call))))
+    return min(per_call, max(multiple, _pow2(rows)))
+
+
+def _batch_cache(graphdef, state, plans: list[_Plan], head, size: int, multiple: int, logits_args):
+    """Cache [size', head + longest rest] of a batch's full renderings (plans sorted by length),
+    prefilled in chunks of similar length so that short rows are not padded to the longest, and
+    the verdict logits of each full rendering [size', ...] (size' = size rounded to chunks)."""
+    chunk = min(size, max(multiple, 4))
+    head_slots = head.positions.shape[1]
+    lengths = [_bucket(max(len(p.full) - head_slots for p in plans[i : i + chunk]), PREFILL_STEP)
+               for i in range(0, len(plans), chunk)]
+    cache = nnx.merge(graphdef, state).init_cache(math.ceil(size / chunk) * chunk, head_slots + max(lengths))
+    logits = []
+    for first, length in zip(range(0, len(plans), chunk), lengths):
+        tokens, last = np.zeros((chunk, length), np.int32), np.zeros(chunk, np.int32)
+        for b, plan in enumerate(plans[first : first + chunk]):
+            tokens[b, : len(plan.full) - head_slots] = plan.full[head_slots:]
+            last[b] = len(plan.full) - head_slots - 1
+        part, part_logits = _prefill(graphdef, state, head, jnp.asarray(tokens), jnp.asarray(last), **logits_args)
+        cache = _place(cache, part, first)
+        logits.append(part_logits)
+    return cache, jnp.concatenate(logits)
+
+
+def _shared_calls(graphdef, state, plans, logits_args, token_budget, multiple):
+    """Per batch of examples: cache the full renderings once (the template head once for all),
+    then score rows of suffixes against it, each call seeing only the cached slots its rows need.
+    Yields (device logits, owners): owners are (example, prefix, index into logits, its tokens)."""
+    if not plans:
+        return
+    head = _head_length(plans)
+    head_cache = (_head_cache(graphdef, state, jnp.asarray([plans[0].full[:head]], jnp.int32)) if head
+                  else nnx.merge(graphdef, state).init_cache(1, 0))
+    for idx, rest, size in _length_batches([len(p.full) - head for p in plans], token_budget, multiple, step=16):
         batch = [plans[i] for i in idx]
-        width = _bucket(max(len(s) for p in batch for s in p.suffixes), 16)
-        prefix = np.zeros((size, shared), np.int32)
-        for b, plan in enumerate(batch):
-            prefix[b, : len(plan.shared)] = plan.shared
-        cache = _prefill(guard.model, jnp.asarray(prefix), width=width)
-        rows = _suffix_rows(batch, width)
-        # rows per call: `token_budget` new tokens, attention scores within 256 x the budget
-        per_call = min(token_budget // width, 256 * token_budget // (width * (shared + width)))
-        per_call = max(multiple, 2 ** int(math.log2(max(1, per_call))))
-        per_call = min(per_call, max(multiple, _pow2(len(rows))))
+        cache, full_logits = _batch_cache(graphdef, state, batch, head_cache, size, multiple, logits_args)
+        yield full_logits, [(plan.example, k, (b,), plan.seen[k])
+                            for b, plan in enumerate(batch) for k, suffix in enumerate(plan.suffixes) if not suffix]
+        longest = max((len(s) for p in batch for s in p.suffixes), default=0)
+        rows = _suffix_rows(batch, _bucket(longest, SUFFIX_STEP))
+        per_call = _rows_per_call(_bucket(longest, SUFFIX_STEP), head + rest, token_budget, multiple, len(rows))
         for i in range(0, len(rows), per_call):
-            arrays, owners = _row_arrays(batch, rows[i : i + per_call], shared, width, per_call)
-            logits = _suffix_logits(guard.model, cache, verdict_ids=verdict_ids,
-                                    full_vocab=score_mode == "hf_sampling", **arrays)
-            logits = np.asarray(jax.device_get(logits))
-            for r, j, plan, k in owners:
-                probs[plan.example][k] = _safe_prob(guard, logits[r, j], plan.seen[k], score_mode)
-        bar.update(sum(len(p.suffixes) for p in batch))
+            call_rows = rows[i : i + per_call]
+            visible = min(_bucket(_visible(batch, call_rows), CACHE_STEP), cache.positions.shape[1])
+            width = _bucket(max(_row_length(batch, r) for r in call_rows), SUFFIX_STEP)
+            n_rows = max(multiple, per_call // 4, _pow2(len(call_rows)))  # few distinct shapes for the last call
+            arrays, owners = _row_arrays(batch, call_rows, visible, width, n_rows)
+            own_cache = _take(cache, arrays.pop("cache_rows"), visible=visible, width=width)
+            yield _suffix_logits(graphdef, state, own_cache, **logits_args, **arrays), owners
 
 
 def _score_one_guard(guard, examples, cuts, method, score_mode, token_budget, progress):
     adapter = guard.adapter
-    ids = [[adapter.encode(ex["prompt"], ex["response"][:c]) for c in example_cuts]
-           for ex, example_cuts in zip(examples, cuts)]
+    flat = adapter.encode_many([(ex["prompt"], ex["response"][:c]) for ex, ex_cuts in zip(examples, cuts) for c in ex_cuts])
+    bounds = np.cumsum([0] + [len(c) for c in cuts])
+    ids = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     probs = [np.full(len(c), np.nan, np.float32) for c in cuts]
     multiple = 1 if guard.mesh is None else guard.mesh.shape["data"] * guard.mesh.shape["fsdp"]
+    logits_args = dict(verdict_ids=jnp.asarray(adapter.verdict_token_ids), full_vocab=score_mode == "hf_sampling")
+    graphdef, state = nnx.split(guard.model)
+    if method == "naive":
+        items = [(e, k, p) for e, per_example in enumerate(ids) for k, p in enumerate(per_example)]
+        calls = _naive_calls(graphdef, state, items, logits_args, token_budget, multiple)
+    else:
+        full = adapter.encode_many([(ex["prompt"], ex["response"]) for ex in examples])
+        plans = [_shared_plan(p, f, e) for e, (p, f) in enumerate(zip(ids, full))]
+        calls = _shared_calls(graphdef, state, plans, logits_args, token_budget, multiple)
     with (tqdm(total=sum(map(len, cuts)), unit="prefix", disable=not progress, desc=f"STAR {method}") as bar,
           jax.set_mesh(guard.mesh) if guard.mesh is not None else contextlib.nullcontext()):
-        if method == "naive":
-            flat = [(e, k, p) for e, per_example in enumerate(ids) for k, p in enumerate(per_example)]
-            _naive_probs(guard, flat, probs, score_mode, token_budget, multiple, bar)
-        else:
-            plans = [_shared_plan(p, adapter.encode(ex["prompt"], ex["response"]), e)
-                     for e, (ex, p) in enumerate(zip(examples, ids))]
-            _shared_probs(guard, plans, probs, score_mode, token_budget, multiple, bar)
+        for logits, owners in _one_behind(calls):
+            for e, k, at, seen in owners:
+                probs[e][k] = _safe_prob(guard, logits[at], seen, score_mode)
+            bar.update(len(owners))
     return probs
 
 

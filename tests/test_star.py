@@ -91,6 +91,20 @@ def test_shared_kv_equals_naive(llama_guard, chunk_unit, chunk_size, every):
     assert spread.std() > 1e-3  # the random guardrail gives varied scores, so equality means something
 
 
+@pytest.mark.parametrize("which", ["llama_guard", "granite_guardian"])
+def test_shared_kv_equals_naive_in_small_batches(which, request):
+    """A small token budget: many example batches, several prefill chunks and suffix calls of
+    different widths and cache cuts, padded rows and the template head reused across them."""
+    guard, _ = request.getfixturevalue(which)
+    shared = star.score(guard, EXAMPLES, method="shared_kv", token_budget=1024)
+    naive = star.score(guard, EXAMPLES, method="naive")
+    for s, n in zip(shared, naive):
+        np.testing.assert_allclose(s.safe_prob, n.safe_prob, atol=1e-5, rtol=0)
+    plans = [star._shared_plan(guard.adapter.encode_many([(ex["prompt"], ex["response"][:c]) for c in word_cuts(ex["response"])]),
+                               guard.adapter.encode(ex["prompt"], ex["response"]), i) for i, ex in enumerate(EXAMPLES)]
+    assert star._head_length(plans) > 20  # the template text before the prompt is shared
+
+
 def test_test_data_has_cuts_inside_tokens(llama_guard):
     guard, _ = llama_guard
     assert _cuts_inside_tokens(guard, chunk_size=5) >= 2
