@@ -147,20 +147,21 @@ def bench_train() -> dict:
     tx, _ = dss_train.make_optimizer(train_cfg, 100)
     variants = {"sft": dict(name="sft"), "star_dss_k2": dict(name="star_dss", kl_estimator="k2"),
                 "star_dss_full": dict(name="star_dss", kl_estimator="full")}
-    runs = {}
+    graphdef, params = nnx.split(model)
+    del model
+    state = [params, tx.init(params)]  # one state, stepped by every variant in turn (values do not affect time)
+    ref = jax.tree.map(jnp.copy, params)
+    steps = {}
     for label, obj in variants.items():
         obj = ml_collections.ConfigDict({"kl_coef": 0.5, "kl_estimator": "k2", **obj})
-        graphdef, params = nnx.split(model)
-        params = jax.tree.map(jnp.copy, params)
-        ref = jax.tree.map(jnp.copy, params) if obj.kl_estimator == "full" and obj.name == "star_dss" else None
-        step = dss_train.make_train_step(graphdef, tx, obj, accum=2)
-        state = list(step(params, tx.init(params), batch, ref)[:2])  # compile
-        runs[label] = (step, state, ref)
-    samples = {label: [] for label in runs}
+        uses_ref = obj.kl_estimator == "full" and obj.name == "star_dss"
+        steps[label] = (dss_train.make_train_step(graphdef, tx, obj, accum=2), ref if uses_ref else None)
+        state[0], state[1], _ = steps[label][0](state[0], state[1], batch, steps[label][1])  # compile
+    samples = {label: [] for label in steps}
     for _ in range(FLAGS.repeats + 2):  # interleaved, so load changes hit every variant alike
-        for label, (step, state, ref) in runs.items():
+        for label, (step, step_ref) in steps.items():
             start = time.perf_counter()
-            state[0], state[1], m = step(state[0], state[1], batch, ref)
+            state[0], state[1], m = step(state[0], state[1], batch, step_ref)
             jax.block_until_ready(m)
             samples[label].append(time.perf_counter() - start)
     times = {label: float(np.median(s)) for label, s in samples.items()}
