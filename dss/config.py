@@ -79,5 +79,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.wandb = ""  # wandb project name ("" = off)
     c.train.export = True  # write the final model to <workdir>/export
     c.eval = eval_defaults()  # `python -m dss.eval` (see dss/eval/config.py)
-    c.landscape = landscape_defaults()  # `python -m dss.landscape` (see dss/landscape.py)
+    c.landscape = landscape_defaults()  # `python -m dss.landscape` (see dss/landscape/)
     return c

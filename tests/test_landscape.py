@@ -265,8 +265,8 @@ def test_end_to_end_resume_extend_and_plots(policies, tmp_path, monkeypatch):
     after an interruption evaluates only the missing points; a finer grid reuses the shared ones;
     other settings are refused; a 2D landscape reuses the saved first direction."""
     calls = []
-    real_generate = landscape.generate_many
-    monkeypatch.setattr(landscape, "generate_many", lambda models, *a, **k: calls.extend([1] * len(models)) or real_generate(models, *a, **k))
+    real_generate = landscape.evaluator.generate_many
+    monkeypatch.setattr(landscape.evaluator, "generate_many", lambda models, *a, **k: calls.extend([1] * len(models)) or real_generate(models, *a, **k))
     config = ml_collections.ConfigDict(dict(model=dict(path=str(policies[0])), landscape=_config("")))
     res = landscape.main(config, tmp_path)
     out = tmp_path / "landscape"
@@ -315,7 +315,7 @@ def test_end_to_end_interpolation_with_overlay(policies, tmp_path, monkeypatch):
     landscape's, both named and the target marked."""
     first = landscape.run(_config(policies[0], steps=2), tmp_path)
     plotted = []
-    monkeypatch.setattr(landscape, "plot_1d", lambda curves, path, **kw: plotted.append(curves))
+    monkeypatch.setattr(landscape.job, "plot_1d", lambda curves, path, **kw: plotted.append(curves))
     res = landscape.run(_config(policies[0], name="interp", directions=(f"interp:{policies[1]}",),
                                 grid_range=(0.0, 1.0), steps=2, compare=(str(tmp_path / "landscape"),)), tmp_path)
     points = {p["coeffs"][0]: p for p in read_jsonl(tmp_path / "interp" / "points.jsonl")}

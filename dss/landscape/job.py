@@ -1,0 +1,246 @@
+"""`python -m dss.landscape`: compute (or resume) a 1D/2D landscape, score it, plot it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+import dss.models
+from dss import sharding
+from dss.eval.benchmarks import advbench
+from dss.eval.io import append_jsonl, read_jsonl, write_json
+from dss.eval.policy import eos_ids, resolve_model
+from dss.landscape.directions import (Direction, Perturbation, cosine, interpolation_direction, load_direction,
+                                      orthogonalize, random_direction, save_direction)
+from dss.landscape.evaluator import SafetyEvaluator
+from dss.landscape.plots import plot_1d, plot_2d
+from dss.landscape.visage import grid_axes, visage
+
+log = logging.getLogger("dss.landscape")
+
+
+def landscape_defaults() -> ml_collections.ConfigDict:
+    """The `landscape` section of a dss config (put in as `config.landscape`)."""
+    c = ml_collections.ConfigDict()
+    c.model = ""  # centre checkpoint: HF dir, hub id or dss.train workdir; "" = config.model.path
+    c.tokenizer = ""  # "" = the model's own tokenizer and chat template
+    c.dtype = "float32"  # compute and parameter dtype of the model ("bfloat16" on accelerators)
+    c.mesh = ()  # (data, fsdp, tensor) sizes for dss.sharding.make_mesh (-1 = the rest); () = one device
+    c.name = "landscape"  # output subdirectory of the workdir (results.json, points.jsonl, plots)
+    c.label = ""  # the curve's name in plots; "" = the model directory's name
+    # One entry per axis (1 = curve, 2 = surface): "random" (axis k uses seed + k), "random:<seed>",
+    # or "interp:<checkpoint>" (target - model: a = 1 is that checkpoint).
+    c.directions = ("random",)
+    c.seed = 0
+    c.orthogonalize = False  # Gram-Schmidt the second random direction against the first (tensor by tensor)
+    c.direction_dtype = "float32"  # of random directions ("bfloat16" halves their memory); interpolations are float32
+    c.direction_dir = ""  # saved random directions; "" = <workdir>/directions (shared by the workdir's landscapes)
+    c.grid_range = (-0.5, 0.5)  # a (and b) from ... to ...; e.g. (-0.5, 1.5) for an interpolation
+    c.steps = 20  # intervals per axis: 20 -> 21 points (21 x 21 in 2D)
+    c.advbench = "walledai/AdvBench"  # harmful_behaviors.csv or hub id
+    c.num_prompts = 80  # the first N AdvBench prompts
+    c.system_prompt = ""  # "" = no system message (the chat template's default)
+    c.max_new_tokens = 512  # greedy decoding budget per response
+    c.batch_size = 80  # prompts per generate call
+    c.points_per_batch = 1  # grid points decoded together (their weights side by side: memory x N)
+    c.judge = "keyword"  # ASR of the landscape: keyword | guardrail (keyword ASR is recorded either way)
+    c.keywords = ()  # refusal substrings; () = dss.eval.keyword.REFUSAL_KEYWORDS
+    c.guardrail = ml_collections.ConfigDict(dict(
+        path="",  # guardrail checkpoint(s), comma-separated = averaged ensemble (judge = guardrail)
+        kind="auto",  # llama_guard_3 | granite_guardian | shieldgemma | auto
+        threshold=0.5,  # P(safe) above this counts as safe
+        dtype="float32",
+    ))
+    c.save_responses = True  # keep every response in points.jsonl (for later judging)
+    c.compare = ()  # other landscapes' output dirs (or results.json) overlaid in the 1D plot
+    return c
+
+
+def _key(coeffs) -> str:
+    return ",".join(f"{c:.9g}" for c in coeffs)
+
+
+def _directions(cfg, model, workdir: Path, mesh) -> list[Direction]:
+    specs = list(cfg.directions)
+    if len(specs) not in (1, 2):
+        raise ValueError(f"config landscape.directions: one or two axes, got {specs}")
+    direction_dir = Path(cfg.direction_dir or workdir / "directions")
+    out = []
+    for axis, spec in enumerate(specs):
+        kind, _, arg = str(spec).partition(":")
+        if kind == "random":
+            seed = int(arg) if arg else int(cfg.seed) + axis
+            path = direction_dir / f"random-seed{seed}.safetensors"
+            if path.exists():
+                d = load_direction(path, model, cfg.direction_dtype)
+                log.info("direction %s loaded from %s", d.name, path)
+            else:
+                d = random_direction(model, seed, cfg.direction_dtype)
+                d.meta["model"] = cfg.model
+                save_direction(d, path)
+                log.info("direction %s saved to %s", d.name, path)
+        elif kind == "interp" and arg:
+            target = dss.models.load_pretrained(resolve_model(arg)[0], dtype=cfg.dtype, mesh=mesh)
+            d = interpolation_direction(model, target, name=f"interp:{arg}")
+            del target
+        else:
+            raise ValueError(f"config landscape.directions[{axis}] = {spec!r}: use 'random', 'random:<seed>' "
+                             "or 'interp:<checkpoint>'")
+        out.append(d)
+    if cfg.orthogonalize and len(out) == 2:
+        if out[1].kind != "random":
+            raise ValueError("config landscape.orthogonalize: only a random second direction can be "
+                             "orthogonalised (an interpolation axis must keep pointing at its checkpoint)")
+        out[1] = orthogonalize(out[1], out[0])
+    return out
+
+
+def _settings(cfg, model_path: str, directions: list[Direction], prompts: list[str]) -> dict:
+    """What the points depend on (the grid is not: a finer or wider grid reuses the points it shares)."""
+    settings = {
+        "model": model_path, "tokenizer": cfg.tokenizer, "dtype": cfg.dtype,
+        "directions": [{"name": d.name, "norm": d.norm()} for d in directions],
+        "orthogonalize": bool(cfg.orthogonalize), "direction_dtype": cfg.direction_dtype,
+        "prompts": prompts, "system_prompt": cfg.system_prompt, "max_new_tokens": cfg.max_new_tokens,
+        "judge": cfg.judge, "keywords": list(cfg.keywords),
+    }
+    if cfg.judge == "guardrail":
+        settings["guardrail"] = cfg.guardrail.to_dict()
+    return json.loads(json.dumps(settings))
+
+
+def _judge(cfg):
+    if cfg.judge == "keyword":
+        return None
+    from dss.eval.guardrail_judge import GuardrailJudge
+
+    g = cfg.guardrail
+    return GuardrailJudge.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold)
+
+
+def _curve(source) -> tuple[str, tuple]:
+    """(label, (alphas, asr, marks)) of a finished 1D landscape's results.json (or its directory)."""
+    path = Path(source)
+    path = path / "results.json" if path.is_dir() else path
+    res = json.loads(path.read_text())
+    if len(res["axes"]) != 1:
+        raise ValueError(f"{path}: a {len(res['axes'])}D landscape cannot be overlaid on a 1D plot")
+    return res["label"], (res["axes"][0], res["asr"], _marks(res["directions"][0]))
+
+
+def _marks(direction: dict) -> dict:
+    """The target checkpoint of an interpolation axis, marked at a = 1."""
+    name = direction["name"]
+    return {1.0: Path(name.split(":", 1)[1].rstrip("/")).name} if name.startswith("interp:") else {}
+
+
+def run(cfg, workdir, default_model: str = "") -> dict:
+    """Compute (or resume) the landscape a `landscape` config section describes; returns results.json's content."""
+    workdir, source = Path(workdir), str(cfg.model or default_model)
+    if not source:
+        raise ValueError("config landscape.model (or model.path) is empty")
+    if cfg.judge not in ("keyword", "guardrail"):
+        raise ValueError(f"config landscape.judge = {cfg.judge!r}: use keyword or guardrail")
+    model_path, _ = resolve_model(source)
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.model = model_path
+    outdir = workdir / cfg.name
+    outdir.mkdir(parents=True, exist_ok=True)
+    points_file, settings_file = outdir / "points.jsonl", outdir / "settings.json"
+
+    from transformers import AutoTokenizer
+
+    local = dss.models.checkpoint.resolve_path(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or str(local))
+    mesh = sharding.make_mesh(*cfg.mesh) if cfg.mesh else None
+    model = dss.models.load_pretrained(local, dtype=cfg.dtype, mesh=mesh)
+    directions = _directions(cfg, model, workdir, mesh)
+    axes = grid_axes(cfg.grid_range, cfg.steps, len(directions))
+    prompts = [r.prompt for r in advbench(cfg.advbench, limit=cfg.num_prompts)]
+
+    settings = _settings(cfg, model_path, directions, prompts)
+    if settings_file.exists():
+        stored = json.loads(settings_file.read_text())
+        if stored != settings:
+            changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+            raise ValueError(f"{settings_file}: the points in {outdir} were made with other settings "
+                             f"(differing: {changed}); use another landscape.name or --workdir")
+    else:
+        write_json(settings_file, settings)
+
+    done = {_key(p["coeffs"]): p for p in read_jsonl(points_file)} if points_file.exists() else {}
+    grid = [tuple(float(c) for c in p) for p in itertools.product(*axes)]
+    pending = [c for c in grid if _key(c) not in done]
+    if pending:
+        evaluator = SafetyEvaluator(tokenizer, prompts, cfg.max_new_tokens, eos_ids(tokenizer, local),
+                                    cfg.system_prompt, cfg.batch_size, cfg.keywords, _judge(cfg), mesh)
+        perturbation = Perturbation(model, directions)
+        del model
+        with tqdm(total=len(grid), initial=len(grid) - len(pending), desc=f"landscape {cfg.name}",
+                  unit="point") as bar:
+            for first in range(0, len(pending), cfg.points_per_batch):
+                group = pending[first : first + cfg.points_per_batch]
+                start = time.perf_counter()
+                results = evaluator([perturbation.model_at(c) for c in group])
+                seconds = (time.perf_counter() - start) / len(group)
+                for coeffs, point in zip(group, results):
+                    point = {"coeffs": list(coeffs), **point, "seconds": seconds}
+                    if not cfg.save_responses:
+                        point.pop("responses")
+                    append_jsonl(points_file, [point])
+                    done[_key(coeffs)] = point
+                    bar.set_postfix(asr=f"{point['asr']:.1f}")
+                    bar.update()
+
+    shape = tuple(len(a) for a in axes)
+    asr = np.array([done[_key(c)]["asr"] for c in grid]).reshape(shape)
+    asr_keyword = np.array([done[_key(c)]["asr_keyword"] for c in grid]).reshape(shape)
+    seconds = [done[_key(c)]["seconds"] for c in grid]
+    results = {
+        "label": cfg.label or Path(source.rstrip("/")).name,
+        "model": model_path,
+        "directions": [{"name": d.name, "kind": d.kind, "norm": d.norm(), **d.meta} for d in directions],
+        "cosine": cosine(*directions) if len(directions) == 2 else None,
+        "orthogonalized": bool(cfg.orthogonalize and len(directions) == 2),
+        "judge": cfg.judge,
+        "num_prompts": len(prompts),
+        "max_new_tokens": cfg.max_new_tokens,
+        "axes": [a.tolist() for a in axes],
+        "asr": asr.tolist(),
+        "asr_keyword": asr_keyword.tolist(),
+        "visage": visage(asr, axes),
+        "visage_all_points": visage(asr, axes, connected=False),
+        # the first point evaluated in a run includes compilation
+        "seconds_per_point": {"median": statistics.median(seconds), "max": max(seconds)},
+    }
+    write_json(outdir / "results.json", results)
+
+    title = f"{results['label']}: VISAGE {results['visage']['score']:.1f}"
+    if len(axes) == 1:
+        curves = {results["label"]: (axes[0], asr, _marks(results["directions"][0]))}
+        for other in cfg.compare:
+            label, curve = _curve(other)
+            curves[f"{label} ({Path(other).name})" if label in curves else label] = curve
+        plot_1d(curves, outdir / "landscape_1d.png", title=title)
+    else:
+        plot_2d(axes[0], axes[1], asr, outdir / "landscape_2d_contour.png", outdir / "landscape_2d_surface.png",
+                title=title)
+    v = results["visage"]
+    log.info("%s: VISAGE %.2f (basin %d/%d points, width %s; all-points VISAGE %.2f), %.2f s per point -> %s",
+             results["label"], v["score"], v["basin_points"], v["grid_points"], v["width"],
+             results["visage_all_points"]["score"], results["seconds_per_point"]["median"], outdir)
+    return results
+
+
+def main(config, workdir) -> dict:
+    """`python -m dss.landscape` job: the config's `landscape` section; the model defaults to model.path."""
+    model = config.get("model")
+    return run(config.landscape, workdir, model.path if model is not None else "")
