@@ -132,7 +132,7 @@ def bench_train() -> dict:
     model = Transformer(cfg, dtype=FLAGS.dtype, rngs=nnx.Rngs(0))  # parameters stay float32
     rng = np.random.default_rng(0)
     b, t = 8, 512
-    # training FLOPs per token: 6 x the matmul parameters (the embedding lookup is none) + attention
+    # training FLOPs per token: 6 x the parameters used in matmuls (not the embedding lookup) + attention
     matmul_params = sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
     matmul_params -= 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.hidden_size
     flops_per_token = 6 * matmul_params + 12 * cfg.num_layers * t * cfg.num_heads * cfg.head_dim

@@ -379,12 +379,14 @@ def _score_one_guard(guard, examples, cuts, method, score_mode, token_budget, pr
         full = adapter.encode_many([(ex["prompt"], ex["response"]) for ex in examples])
         plans = [_shared_plan(p, f, e) for e, (p, f) in enumerate(zip(ids, full))]
         calls = _shared_calls(graphdef, state, plans, logits_args, token_budget, multiple)
-    with (tqdm(total=sum(map(len, cuts)), unit="prefix", disable=not progress, desc=f"STAR {method}") as bar,
-          jax.set_mesh(guard.mesh) if guard.mesh is not None else contextlib.nullcontext()):
+    # progress in examples (each prefix counts 1/K of its example), so the rate reads examples/s
+    bar = tqdm(total=len(examples), unit="example", disable=not progress, desc=f"STAR {method}",
+               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
+    with bar, jax.set_mesh(guard.mesh) if guard.mesh is not None else contextlib.nullcontext():
         for logits, owners in _one_behind(calls):
             for e, k, at, seen in owners:
                 probs[e][k] = _safe_prob(guard, logits[at], seen, score_mode)
-            bar.update(len(owners))
+            bar.update(sum(1 / len(cuts[e]) for e, *_ in owners))
     return probs
 
 
