@@ -315,19 +315,30 @@ def _rows_per_call(width: int, cached: int, token_budget: int, multiple: int, ro
     return min(per_call, max(multiple, _pow2(rows)))
 
 
+def _prefill_chunks(lengths: Sequence[int], first: int, rows: int, floor: int) -> list[tuple[int, int]]:
+    """(first row, rows) of the prefill calls for length-sorted rows [first, first + rows): a chunk
+    is split in halves (recursively) where that saves a tenth of its padded tokens, so short rows
+    are not padded to the longest, yet a batch of similar lengths stays one call (one shape)."""
+    padded = lambda chunks: sum(n * _bucket(max(lengths[a : a + n], default=1), PREFILL_STEP) for a, n in chunks)
+    whole, half = [(first, rows)], rows // 2
+    if half < floor or half % floor:
+        return whole
+    split = _prefill_chunks(lengths, first, half, floor) + _prefill_chunks(lengths, first + half, half, floor)
+    return split if padded(split) <= 0.9 * padded(whole) else whole
+
+
 def _batch_cache(graphdef, state, plans: list[_Plan], head, size: int, multiple: int, logits_args):
-    """Cache [size', head + longest rest] of a batch's full renderings (plans sorted by length),
-    prefilled in chunks of similar length so that short rows are not padded to the longest, and
-    the verdict logits of each full rendering [size', ...] (size' = size rounded to chunks)."""
-    chunk = min(size, max(multiple, 4))
+    """Cache [size, head + longest rest] of a batch's full renderings (plans sorted by length),
+    prefilled in chunks of similar length, and the verdict logits of each full rendering [size, ...]."""
     head_slots = head.positions.shape[1]
-    lengths = [_bucket(max(len(p.full) - head_slots for p in plans[i : i + chunk]), PREFILL_STEP)
-               for i in range(0, len(plans), chunk)]
-    cache = nnx.merge(graphdef, state).init_cache(math.ceil(size / chunk) * chunk, head_slots + max(lengths))
+    rests = [len(p.full) - head_slots for p in plans]
+    chunks = [(a, n) for a, n in _prefill_chunks(rests, 0, size, max(multiple, 4)) if a < len(plans)]
+    lengths = [_bucket(max(rests[a : a + n]), PREFILL_STEP) for a, n in chunks]
+    cache = nnx.merge(graphdef, state).init_cache(size, head_slots + max(lengths))
     logits = []
-    for first, length in zip(range(0, len(plans), chunk), lengths):
-        tokens, last = np.zeros((chunk, length), np.int32), np.zeros(chunk, np.int32)
-        for b, plan in enumerate(plans[first : first + chunk]):
+    for (first, rows), length in zip(chunks, lengths):
+        tokens, last = np.zeros((rows, length), np.int32), np.zeros(rows, np.int32)
+        for b, plan in enumerate(plans[first : first + rows]):
             tokens[b, : len(plan.full) - head_slots] = plan.full[head_slots:]
             last[b] = len(plan.full) - head_slots - 1
         part, part_logits = _prefill(graphdef, state, head, jnp.asarray(tokens), jnp.asarray(last), **logits_args)
