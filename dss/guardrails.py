@@ -138,15 +138,18 @@ class GuardrailAdapter:
     kind: str = "auto"
     name: str | None = None  # checkpoint path or hub id, for kind detection and error messages
     risk: str | None = None  # Granite Guardian risk_name / ShieldGemma policy; None: the default
+    template_vars: Mapping[str, Any] = field(default_factory=dict)  # the run's fixed template variables (date_string)
     verdict_token_ids: tuple[int, int] = field(init=False)  # (safe_id, unsafe_id)
     content_parts: bool = field(init=False)  # template wants list-of-parts content (LG3 1B)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, kind: str = "auto", risk: str | None = None
+        cls, path: str | os.PathLike, kind: str = "auto", risk: str | None = None,
+        template_vars: Mapping[str, Any] | None = None,
     ) -> GuardrailAdapter:
         """Load the guardrail's tokenizer (a local directory or a hub id) and check it."""
-        return cls(AutoTokenizer.from_pretrained(path), kind=kind, name=os.fspath(path), risk=risk)
+        return cls(AutoTokenizer.from_pretrained(path), kind=kind, name=os.fspath(path), risk=risk,
+                   template_vars=dict(template_vars or {}))
 
     def __post_init__(self):
         self.name = self.name or self.tokenizer.name_or_path
@@ -210,7 +213,7 @@ class GuardrailAdapter:
             for m in messages:
                 m["content"] = [{"type": "text", "text": m["content"]}]
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, **self.spec.template_kwargs(self.risk)
+            messages, tokenize=False, **self.template_vars, **self.spec.template_kwargs(self.risk)
         )
 
     def render(self, prompt: str, response_prefix: str) -> str:

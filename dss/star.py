@@ -61,9 +61,11 @@ class Guardrail:
     mesh: jax.sharding.Mesh | None = None  # weights sharded over it (8B guardrails), batches split over data x fsdp
 
     @classmethod
-    def from_pretrained(cls, path, kind: str = "auto", risk: str | None = None, dtype="float32", mesh=None):
+    def from_pretrained(cls, path, kind: str = "auto", risk: str | None = None, dtype="float32", mesh=None,
+                        template_vars=None):
+        """`template_vars`: the run's fixed template variables (dss.templating), given to every rendering."""
         local = dss.models.checkpoint.resolve_path(path)
-        adapter = GuardrailAdapter.from_pretrained(local, kind=kind, risk=risk)
+        adapter = GuardrailAdapter.from_pretrained(local, kind=kind, risk=risk, template_vars=template_vars)
         adapter.name = os.fspath(path)
         model = dss.models.load_pretrained(local, dtype=dtype, mesh=mesh)
         if max(adapter.verdict_token_ids) >= model.config.vocab_size:

@@ -8,8 +8,9 @@ from jinja2.exceptions import TemplateError
 from transformers import AutoTokenizer
 
 from dss import assets
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 
 
 @pytest.fixture(scope="module")

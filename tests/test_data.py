@@ -13,8 +13,9 @@ from transformers import AutoTokenizer
 import dss.data
 from dss import assets, segments
 from dss.data import chat
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 EOT = "<|eot_id|>"
 
 # Llama 3.x Instruct's structure: a system header with dates always present, every message

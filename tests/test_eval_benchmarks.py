@@ -8,8 +8,9 @@ import pytest
 
 from dss.eval import benchmarks
 from dss.eval.benchmarks import Record
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 ADVBENCH = DATA / "advbench" / "harmful_behaviors.csv"
 HARMBENCH = DATA / "harmbench" / "harmbench_behaviors_text_all.csv"
 XSTEST = DATA / "xstest" / "xstest_prompts.csv"

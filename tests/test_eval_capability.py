@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from dss.eval import capability as cap
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 
 
 def _gsm8k_rows(split):

@@ -21,8 +21,9 @@ from dss.eval import runner
 from dss.eval.config import eval_defaults, resolve
 from dss.eval.io import read_jsonl, write_jsonl
 from test_eval_llm_judge import FakeServer
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 REPO = Path(__file__).resolve().parents[1]
 
 MMLU = [

@@ -12,8 +12,9 @@ from dss import assets, star
 from dss.eval.guardrail_judge import GuardrailJudge
 from dss.eval.keyword import REFUSAL_KEYWORDS, KeywordJudge, attack_success, is_refusal
 from dss.eval.metrics import summarize
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 
 
 def test_embedded_keywords_equal_the_advbench_29_entry_list():

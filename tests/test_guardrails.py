@@ -1,5 +1,5 @@
 """Guardrail adapters on tiny tokenizers made here, with stand-in Llama Guard 3, Granite Guardian
-and ShieldGemma templates; prompts and responses from ../shared/data."""
+and ShieldGemma templates; prompts and responses from the bundled data."""
 
 import csv
 import json
@@ -12,8 +12,9 @@ from transformers import AutoTokenizer
 from dss import assets
 from dss.guardrails import GuardrailAdapter, detect_kind
 from dss.segments import word_cuts
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 
 # Llama Guard 3 1B style: content must be a list of text parts; plain strings vanish silently.
 PARTS_ONLY_TEMPLATE = assets.LLAMA_GUARD_3_TEMPLATE.replace(

@@ -16,8 +16,9 @@ from dss import assets, landscape, sharding
 from dss.eval.io import read_jsonl
 from dss.eval.keyword import attack_success
 from dss.models import ModelConfig, Transformer
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 ADVBENCH = DATA / "advbench" / "harmful_behaviors.csv"
 
 

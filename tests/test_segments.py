@@ -1,4 +1,4 @@
-"""STAR segmentation and chunk -> token weights, on real responses from ../shared/data."""
+"""STAR segmentation and chunk -> token weights, on real responses from the bundled data."""
 
 import json
 import math
@@ -9,8 +9,9 @@ import pytest
 
 from dss import assets
 from dss.segments import Trajectory, rs_weight, token_cuts, token_weights, word_cuts
+from dss.data import BUNDLED_DIR
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Finetuning data: sources -> mixtures -> attack transforms -> chat encoding -> batches.
 
 `build_dataset(config.data, tokenizer)` runs the whole chain for training; the pieces are public
-for scripts and tests. The demo set `demo.jsonl` (see README.md here) ships with the package.
+for scripts and tests. The demo set `demo.jsonl` (see README.md here) and the small licensed
+data sets under `files/` (see files/README.md) ship with the package.
 """
 
 from pathlib import Path
@@ -14,9 +15,19 @@ from dss.data.sources import BadRow, load_examples
 from dss.data.transforms import apply_attack, attack_row
 
 DEMO_PATH = Path(__file__).parent / "demo.jsonl"
+BUNDLED_DIR = Path(__file__).parent / "files"
+
+
+def bundled(relative: str) -> Path:
+    """Path of a file shipped under dss/data/files (e.g. "advbench/harmful_behaviors.csv")."""
+    path = BUNDLED_DIR / relative
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not among the bundled data files (see {BUNDLED_DIR / 'README.md'})")
+    return path
+
 
 __all__ = [
-    "DEFAULT_MAX_LENGTH", "DEMO_PATH", "BadRow", "Encoded", "StepBatcher", "apply_attack", "apportion",
-    "attack_row", "bucket_length", "build_dataset", "encode_chat", "encode_examples", "load_examples",
+    "BUNDLED_DIR", "DEFAULT_MAX_LENGTH", "DEMO_PATH", "BadRow", "Encoded", "StepBatcher", "apply_attack", "apportion",
+    "attack_row", "bucket_length", "build_dataset", "bundled", "encode_chat", "encode_examples", "load_examples",
     "mix", "sample_rows", "scatter_per_token",
 ]

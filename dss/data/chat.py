@@ -56,10 +56,11 @@ def conversation(example: Mapping) -> list[dict]:
     return messages
 
 
-def _rendered_prefix(tokenizer, messages, text: str, generation_prompt: bool) -> int | None:
+def _rendered_prefix(tokenizer, messages, text: str, generation_prompt: bool, template_vars: Mapping) -> int | None:
     """Length of the rendering of `messages` if it is a prefix of `text`, else None."""
     try:
-        part = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        part = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                             **template_vars)
     except TemplateError:  # some templates refuse partial conversations
         return None
     return len(part) if text.startswith(part) else None
@@ -83,7 +84,8 @@ def _locate(text: str, content: str, start: int) -> tuple[int, int, int] | None:
     return begin, end, lead
 
 
-def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str) -> list[tuple[int, int, int, int]]:
+def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str,
+                     template_vars: Mapping) -> list[tuple[int, int, int, int]]:
     """(begin, end, lead, turn_end) of every assistant turn in the rendered `text`; turn_end ends
     the end-of-turn text after it."""
     turns, cursor = [], 0
@@ -93,13 +95,13 @@ def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str) -> 
             found = _locate(text, m["content"], cursor)
             cursor = found[1] if found else cursor
             continue
-        start = _rendered_prefix(tokenizer, messages[:i], text, generation_prompt=True)
+        start = _rendered_prefix(tokenizer, messages[:i], text, True, template_vars)
         found = _locate(text, m["content"], cursor if start is None else start)
         if found is None:
             raise ValueError(f"{where}: assistant turn {i} is not in the chat template's rendering; the "
                              "template changes it beyond trimming whitespace")
         begin, end, lead = found
-        turn_end = _rendered_prefix(tokenizer, messages[: i + 1], text, generation_prompt=False)
+        turn_end = _rendered_prefix(tokenizer, messages[: i + 1], text, False, template_vars)
         if turn_end is None or turn_end < end:  # template renders prefixes differently: end at EOS
             turn_end = end + len(eos) if eos and text.startswith(eos, end) else end
         turns.append((begin, end, lead, turn_end))
@@ -112,12 +114,14 @@ def encode_chat(
     example: Mapping,
     max_length: int = DEFAULT_MAX_LENGTH,
     train_on: str = "last",
+    template_vars: Mapping | None = None,
 ) -> Encoded | None:
     """Tokenize one example with the tokenizer's chat template (see the module docstring).
 
     train_on: "last" trains the final assistant turn, "all" every assistant turn. At most
     `max_length` tokens are kept: a longer response is cut (`truncated`); None when the prompt
-    leaves no room for one response token.
+    leaves no room for one response token. `template_vars` go to the template (the run's fixed
+    `date_string`, see dss.templating), so a rendering never depends on the day it is made.
     """
     if train_on not in ("last", "all"):
         raise ValueError(f"train_on must be 'last' or 'all', got {train_on!r}")
@@ -125,8 +129,9 @@ def encode_chat(
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     where = describe(example)
     messages = conversation(example)
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    turns = _assistant_turns(tokenizer, messages, text, where)
+    template_vars = dict(template_vars or {})
+    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_vars)
+    turns = _assistant_turns(tokenizer, messages, text, where, template_vars)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], np.int32)
     offsets = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)
@@ -169,6 +174,7 @@ def encode_examples(
     examples: Sequence[Mapping],
     max_length: int = DEFAULT_MAX_LENGTH,
     train_on: str = "last",
+    template_vars: Mapping | None = None,
 ) -> tuple[list[Encoded], list[Mapping], dict]:
     """encode_chat over `examples`: (encoded, the examples kept, in the same order, stats).
 
@@ -177,7 +183,7 @@ def encode_examples(
     """
     encoded, kept, dropped, truncated = [], [], [], 0
     for example in examples:
-        enc = encode_chat(tokenizer, example, max_length, train_on)
+        enc = encode_chat(tokenizer, example, max_length, train_on, template_vars)
         if enc is None:
             dropped.append(f"{describe(example)}: the prompt leaves no room for a response token "
                            f"within max_length={max_length}")

@@ -14,7 +14,8 @@ from dss.data.sources import load_examples, source_name
 from dss.data.transforms import apply_attack
 
 
-def build_dataset(config: Mapping, tokenizer: PreTrainedTokenizerBase) -> tuple[list[Encoded], list[dict], dict]:
+def build_dataset(config: Mapping, tokenizer: PreTrainedTokenizerBase,
+                  template_vars: Mapping | None = None) -> tuple[list[Encoded], list[dict], dict]:
     """Examples for training from a data config (dict or ConfigDict, e.g. `config.data`).
 
     config keys: `sources` (list of dss.data.load_examples source dicts, each with an optional
@@ -22,6 +23,7 @@ def build_dataset(config: Mapping, tokenizer: PreTrainedTokenizerBase) -> tuple[
     mixture by weight, missing weights counting 1; 0/None keeps every row of every source);
     `system_prompt`, `on_bad_row` (defaults for sources that set none); `attack`
     (dss.data.apply_attack settings); `max_length` (2048); `train_on` ("last" | "all"); `seed` (0).
+    `template_vars` go to the chat template (the run's fixed date, dss.templating).
 
     Returns (encoded, examples, stats) with encoded[i] made from examples[i]. stats: per source
     (`sources[name]`: rows read, bad_rows, selected, attacked, dropped_too_long, truncated,
@@ -49,7 +51,8 @@ def build_dataset(config: Mapping, tokenizer: PreTrainedTokenizerBase) -> tuple[
         rows = [row for group in groups for row in group]
     rows = apply_attack(rows, config.get("attack"), seed)
     encoded, examples, enc_stats = encode_examples(
-        tokenizer, rows, config.get("max_length") or DEFAULT_MAX_LENGTH, config.get("train_on") or "last")
+        tokenizer, rows, config.get("max_length") or DEFAULT_MAX_LENGTH, config.get("train_on") or "last",
+        template_vars)
     dropped += enc_stats["dropped"]
     counts = {
         "selected": Counter(r["source"] for r in rows),
