@@ -1,4 +1,4 @@
-"""`python -m dss.bench star|train [--data_dir ../shared/data]`: side-by-side speed ratios.
+"""`python -m dss.bench star|train [--data_dir DIR]`: side-by-side speed ratios.
 
 star  — STAR scoring, shared_kv vs naive, on one random guardrail and real prompts/responses
         (5-word chunks): examples/s of each, the ratio, and the fraction of the lower bound
@@ -24,10 +24,11 @@ from absl import app, flags
 from flax import nnx
 
 from dss import assets, star
+from dss.data import BUNDLED_DIR
 from dss.models import ModelConfig, Transformer, save_pretrained
 from dss.segments import word_cuts
 
-flags.DEFINE_string("data_dir", str(Path(__file__).resolve().parents[2] / "shared" / "data"), "the licensed test data")
+flags.DEFINE_string("data_dir", str(BUNDLED_DIR), "folder with gsm8k/, self_instruct/, advbench/ (default: the bundled data)")
 flags.DEFINE_integer("examples", 32, "examples to score")
 flags.DEFINE_integer("repeats", 2, "timed repetitions (after one warm-up)")
 flags.DEFINE_string("guard_size", "cpu", "model shape: cpu (hidden 256, 4 layers) | llama-guard-3-1b (Llama 3.2 1B shape, random weights)")

@@ -8,7 +8,7 @@ any field from the command line.
 import ml_collections
 
 from dss.eval.config import eval_defaults
-from dss.landscape import landscape_defaults
+from dss.landscape.config import landscape_defaults
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -21,6 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.path = ""  # HF directory or hub id of the policy to finetune
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"  # parameter / optimizer-state dtype
+
+    c.template = ml_collections.ConfigDict()  # variables every chat-template rendering gets (dss.templating)
+    c.template.date_string = ""  # Llama 3.x "Today Date"; "" = the date of the run's first job, kept on resume
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1  # device mesh; -1 takes the remaining devices

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Sequence
 
 import jax
@@ -28,8 +27,9 @@ import numpy as np
 from flax import nnx
 
 from dss import sharding as shd
+from dss.buckets import bucket_length
 
-__all__ = ["Sampling", "chat_prompt_tokens", "generate", "process_logits", "tokens_per_second"]
+__all__ = ["Sampling", "chat_prompt_tokens", "generate", "process_logits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +93,6 @@ def process_logits(logits, seen_mask=None, temperature=1.0, top_k=0, top_p=1.0, 
         remove = jnp.zeros_like(remove_sorted).at[rows, order].set(remove_sorted)
         flat = jnp.where(remove, -jnp.inf, flat)
     return flat.reshape(shape)
-
-
-def _bucket(n: int, minimum: int = 1, multiple: int = 1) -> int:
-    """Round n up to one of about four sizes per power of two (and to a multiple of `multiple`)."""
-    n = max(int(n), minimum, 1)
-    step = max(1, 2 ** max(0, (n - 1).bit_length() - 3))
-    n = -(-n // step) * step
-    return -(-n // multiple) * multiple
 
 
 def _constrain_cache(cache):
@@ -213,9 +205,9 @@ def generate_many(models: Sequence, prompt_tokens: Sequence[Sequence[int]], max_
         batch_axes = shd.RULES["act_batch"]
         batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
         data_parallel = int(np.prod([mesh.shape.get(a, 1) for a in batch_axes]))
-    batch = _bucket(len(prompts), multiple=data_parallel)
-    prompt_len = _bucket(max(map(len, prompts)), minimum=16, multiple=8)
-    new_bucket = _bucket(max_new_tokens, minimum=16, multiple=8)
+    batch = bucket_length(len(prompts), data_parallel, per_octave=4)
+    prompt_len = bucket_length(max(map(len, prompts)), 8, minimum=16, per_octave=4)
+    new_bucket = bucket_length(max_new_tokens, 8, minimum=16, per_octave=4)
 
     tokens = np.full((batch, prompt_len), pad_id, np.int32)
     starts = np.full((batch,), prompt_len - 1, np.int32)  # filler rows: one pad token, done at once
@@ -249,14 +241,6 @@ def generate_many(models: Sequence, prompt_tokens: Sequence[Sequence[int]], max_
             stop = next((j for j, t in enumerate(row) if is_eos[t]), len(row) - 1)
             results[-1].append(row[: stop + 1])
     return results
-
-
-def tokens_per_second(model, prompt_tokens, max_new_tokens: int = 64, **kwargs) -> float:
-    """Generated tokens per second of `generate` (one untimed warm-up call compiles first)."""
-    generate(model, prompt_tokens, max_new_tokens, **kwargs)
-    start = time.perf_counter()
-    out = generate(model, prompt_tokens, max_new_tokens, **kwargs)
-    return sum(map(len, out)) / (time.perf_counter() - start)
 
 
 def chat_prompt_tokens(tokenizer, prompt: str, system: str | None = None, prefill: str | None = None,

@@ -16,7 +16,6 @@ Logits may be bfloat16; every reduction runs in float32. The reference model's i
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -41,75 +40,16 @@ def token_logp(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return label.astype(jnp.float32) - lse
 
 
-def _logp_and_full_kl_rows(logits, ref_logits, targets):
-    """Label log-prob and exact KL(p || p_ref) over the last (vocabulary) axis, float32."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    ref = jax.nn.log_softmax(ref_logits.astype(jnp.float32), axis=-1)
-    kl = jnp.sum(jnp.exp(logp) * (logp - ref), axis=-1)
-    return token_logp(logits, targets), kl
-
-
-def _over_chunks(fn, c, arrays, out_like):
-    """`fn` applied to `c`-position slices of [B, T, ...] `arrays`, written into zero buffers shaped
-    like `out_like`. The last slice is shifted back to end at T; its overlap is recomputed and
-    rewritten with the same values, so T need not be a multiple of c and nothing is padded."""
-    t = arrays[0].shape[1]
-
-    def body(i, outs):
-        start = jnp.minimum(i * c, t - c)
-        results = fn(*(jax.lax.dynamic_slice_in_dim(x, start, c, axis=1) for x in arrays))
-        return tuple(
-            jax.lax.dynamic_update_slice_in_dim(o, r, start, axis=1) for o, r in zip(outs, results)
-        )
-
-    zeros = tuple(jnp.zeros(o.shape, o.dtype) for o in out_like)
-    return jax.lax.fori_loop(0, -(-t // c), body, zeros)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _chunked_logp_and_full_kl(logits, ref_logits, targets, c):
-    """Chunk loop with a custom VJP whose backward pass is a second chunk loop: autodiff of the
-    forward loop would keep every chunk's float32 softmaxes as residuals (one [B, T, V] per model)
-    or accumulate the logits' cotangent through a full-size carry at every step."""
-    f32 = jax.ShapeDtypeStruct(targets.shape, jnp.float32)
-    return _over_chunks(_logp_and_full_kl_rows, c, (logits, ref_logits, targets), (f32, f32))
-
-
-def _chunked_fwd(logits, ref_logits, targets, c):
-    return _chunked_logp_and_full_kl(logits, ref_logits, targets, c), (logits, ref_logits, targets)
-
-
-def _chunked_bwd(c, residuals, cotangents):
-    def chunk_grad(logits, ref_logits, targets, g_logp, g_kl):
-        _, vjp = jax.vjp(lambda x: _logp_and_full_kl_rows(x, ref_logits, targets), logits)
-        return vjp((g_logp, g_kl))
-
-    logits = residuals[0]
-    (grad,) = _over_chunks(chunk_grad, c, (*residuals, *cotangents), (logits,))
-    return grad, None, None  # the reference is a constant
-
-
-_chunked_logp_and_full_kl.defvjp(_chunked_fwd, _chunked_bwd)
-
-
-def logp_and_full_kl(logits, ref_logits, targets, chunk_size: int | None = DEFAULT_CHUNK_SIZE):
+def logp_and_full_kl(logits, ref_logits, targets):
     """`token_logp(logits, targets)` and the exact per-token KL(p_theta || p_ref), float32 [B, T].
 
-    The sequence is processed `chunk_size` positions at a time, all rows together (a sharded batch
-    stays sharded), in a loop whose backward pass is a second loop that recomputes each chunk:
-    the float32 log-softmaxes of both models exist for one chunk only, and the policy logits'
-    cotangent is written chunk by chunk into one buffer in the logits' dtype. Slices of the
-    logits are read in place, never copied, padded or transposed. `chunk_size=None` computes
-    everything at once.
+    All positions at once: both models' float32 log-softmaxes [B, T, V] exist together. The train
+    step's full KL goes through `hidden_logp_and_full_kl`, which never holds whole logits.
     """
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(
-            f"chunk_size must be a positive number of positions or None, got {chunk_size}"
-        )
-    ref_logits = jax.lax.stop_gradient(ref_logits)
-    if chunk_size is None or chunk_size >= logits.shape[1]:
-        return _logp_and_full_kl_rows(logits, ref_logits, targets)
-    return _chunked_logp_and_full_kl(logits, ref_logits, targets, chunk_size)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    ref = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits).astype(jnp.float32), axis=-1)
+    kl = jnp.sum(jnp.exp(logp) * (logp - ref), axis=-1)
+    return token_logp(logits, targets), kl
 
 
 def deep_token_betas(
@@ -157,7 +97,7 @@ def _log_ratio(logp, ref_logp, mask):
     return jnp.where(mask, logp - ref_logp, 0.0)
 
 
-def _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size):
+def _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator):
     """Label log-probs and per-token KL estimates [B, T], with loud errors for missing inputs."""
     if kl_estimator not in KL_ESTIMATORS:
         raise ValueError(f"unknown kl_estimator {kl_estimator!r}; expected one of {KL_ESTIMATORS}")
@@ -166,7 +106,7 @@ def _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chun
             raise ValueError(
                 "kl_estimator='full' needs ref_logits (the reference model's logits [B, T, V])"
             )
-        return logp_and_full_kl(logits, ref_logits, targets, chunk_size)
+        return logp_and_full_kl(logits, ref_logits, targets)
     if ref_logp is None:
         if ref_logits is None:
             raise ValueError(
@@ -222,17 +162,16 @@ def star_dss_loss(
     kl_coef=0.5,
     kl_estimator="k2",
     normalizer=None,
-    chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """STAR-DSS: `sum_t [w_t CE_t + (1 - w_t) kl_coef KL_t] / N`.
 
     Tokens the guardrail deems safe (w near 1) are imitated; unsafe ones (w near 0) are held to the
     reference model. `star_weights` [B, T] holds w_t per token. k1/k2/k3 need only `ref_logp`
     (precomputable once per dataset; derived from `ref_logits` if only those are given), `full`
-    needs `ref_logits` and is computed `chunk_size` positions at a time (see `logp_and_full_kl`).
+    needs `ref_logits` (see `logp_and_full_kl`).
     """
     mask = loss_mask.astype(bool)
-    logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size)
+    logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator)
     return star_dss_from_terms(logp, kl, loss_mask, star_weights, kl_coef, normalizer)
 
 
@@ -283,11 +222,10 @@ def kl_only_loss(
     ref_logits=None,
     kl_estimator="k2",
     normalizer=None,
-    chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """Only hold the policy to the reference: `sum_t KL_t / N` (STAR-DSS with w = 0, kl_coef 1)."""
     mask = loss_mask.astype(bool)
-    logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator, chunk_size)
+    logp, kl = _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator)
     return kl_only_from_terms(logp, kl, loss_mask, normalizer)
 
 
@@ -314,7 +252,7 @@ def hidden_logp_and_full_kl(unembed, ref_unembed, hidden, ref_hidden, targets, c
     @jax.checkpoint
     def chunk(carry, xs):
         h, h_ref, y = xs
-        return carry, _logp_and_full_kl_rows(unembed(h), jax.lax.stop_gradient(ref_unembed(h_ref)), y)
+        return carry, logp_and_full_kl(unembed(h), ref_unembed(h_ref), y)
 
     _, (logp, kl) = jax.lax.scan(chunk, None, (split(hidden), split(ref_hidden), split(targets)))
     merge = lambda x: x.swapaxes(0, 1).reshape(b, t)

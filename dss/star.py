@@ -38,7 +38,8 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import dss.models
-from dss import cache, sharding
+from dss import cache, sharding, templating
+from dss.buckets import bucket_length, next_pow2
 from dss.generate import process_logits
 from dss.guardrails import GuardrailAdapter
 from dss.segments import Trajectory, token_cuts, token_weights, word_cuts
@@ -107,14 +108,7 @@ PREFILL_STEP, CACHE_STEP, SUFFIX_STEP = 32, 64, 8
 
 def _bucket(n: int, step: int = 64) -> int:
     """Round up to a multiple of `step` up to 512, then to 1/4 of the next power of two."""
-    if n <= 512:
-        return max(step, math.ceil(n / step) * step)
-    grain = 2 ** (math.ceil(math.log2(n)) - 2)
-    return math.ceil(n / grain) * grain
-
-
-def _pow2(n: int) -> int:
-    return 2 ** math.ceil(math.log2(max(1, n)))
+    return bucket_length(n, step, per_octave=2, linear_up_to=512)
 
 
 def _groups(plan: _Plan, width: int) -> list[list[int]]:
@@ -137,13 +131,13 @@ def _length_batches(lengths: Sequence[int], token_budget: int, multiple: int, st
     batch, length = [], 0
     for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
         grown = _bucket(lengths[i], step)
-        if batch and max(multiple, _pow2(len(batch) + 1)) * grown > token_budget:
-            yield batch, length, max(multiple, _pow2(len(batch)))
+        if batch and max(multiple, next_pow2(len(batch) + 1)) * grown > token_budget:
+            yield batch, length, max(multiple, next_pow2(len(batch)))
             batch = []
         batch.append(i)
         length = grown
     if batch:
-        yield batch, length, max(multiple, _pow2(len(batch)))
+        yield batch, length, max(multiple, next_pow2(len(batch)))
 
 
 def _suffix_rows(batch: list[_Plan], width: int) -> list[tuple[int, list[int]]]:
@@ -167,7 +161,7 @@ def _visible(batch: list[_Plan], rows) -> int:
 def _row_arrays(batch, rows, visible: int, width: int, size: int):
     """Inputs of one suffix call: each row holds suffixes of one example side by side, after the
     first `visible` slots of its example's cache row."""
-    reads = _pow2(max(len(ks) for _, ks in rows))
+    reads = next_pow2(max(len(ks) for _, ks in rows))
     a = dict(
         tokens=np.zeros((size, width), np.int32),
         positions=np.zeros((size, width), np.int32),
@@ -314,7 +308,7 @@ def _rows_per_call(width: int, cached: int, token_budget: int, multiple: int, ro
     """Suffix rows per call: `token_budget` new tokens, attention scores within 256 x the budget."""
     per_call = min(token_budget // width, 256 * token_budget // (width * (cached + width)))
     per_call = max(multiple, 2 ** int(math.log2(max(1, per_call))))
-    return min(per_call, max(multiple, _pow2(rows)))
+    return min(per_call, max(multiple, next_pow2(rows)))
 
 
 def _prefill_chunks(lengths: Sequence[int], first: int, rows: int, floor: int) -> list[tuple[int, int]]:
@@ -370,7 +364,7 @@ def _shared_calls(graphdef, state, plans, logits_args, token_budget, multiple):
             call_rows = rows[i : i + per_call]
             visible = min(_bucket(_visible(batch, call_rows), CACHE_STEP), cache.positions.shape[1])
             width = _bucket(max(_row_length(batch, r) for r in call_rows), SUFFIX_STEP)
-            n_rows = max(multiple, per_call // 4, _pow2(len(call_rows)))  # few distinct shapes for the last call
+            n_rows = max(multiple, per_call // 4, next_pow2(len(call_rows)))  # few distinct shapes for the last call
             arrays, owners = _row_arrays(batch, call_rows, visible, width, n_rows)
             own_cache = _take(cache, arrays.pop("cache_rows"), visible=visible, width=width)
             yield _suffix_logits(graphdef, state, own_cache, **logits_args, **arrays), owners
@@ -439,7 +433,8 @@ def star_fingerprint(guards: Sequence[Guardrail], examples, chunk_unit: str, chu
     recipe, chunking and score mode (not the method: shared_kv and naive give the same numbers)."""
     guard_ids = [
         dict(weights=cache.weights_fingerprint(dss.models.checkpoint.resolve_path(g.path)), kind=g.adapter.kind,
-             template=g.adapter.tokenizer.chat_template, risk=g.adapter.risk, verdict=g.adapter.verdict_token_ids)
+             template=g.adapter.tokenizer.chat_template, template_vars=g.adapter.template_vars, risk=g.adapter.risk,
+             verdict=g.adapter.verdict_token_ids)
         for g in guards
     ]
     rows = [(ex["prompt"], ex["response"]) for ex in examples]
@@ -502,12 +497,14 @@ def plot_trajectory(example, traj: Trajectory, out_path, title: str | None = Non
     plt.close(fig)
 
 
-def cached_score(config, examples, workdir) -> list[Trajectory]:
+def cached_score(config, examples, workdir, template_vars=None) -> list[Trajectory]:
     """STAR of a config's training examples: reused from the STAR file when it matches, else
-    computed and written. A stale default file is replaced; a stale file the user named is refused."""
+    computed and written. A stale default file is replaced; a stale file the user named is refused.
+    `template_vars`: the run's fixed template variables (dss.templating)."""
     g, s = config.guardrail, config.star
     mesh = sharding.make_mesh(*g.mesh) if g.mesh else None
-    guards = [Guardrail.from_pretrained(p, kind=g.kind, risk=g.risk or None, dtype=g.dtype, mesh=mesh) for p in g.paths]
+    guards = [Guardrail.from_pretrained(p, kind=g.kind, risk=g.risk or None, dtype=g.dtype, mesh=mesh,
+                                        template_vars=template_vars) for p in g.paths]
     fp = star_fingerprint(guards, examples, s.chunk_unit, s.chunk_size, s.score_mode)
     path = Path(s.cache) if s.cache else Path(workdir) / "star.npz"
     try:
@@ -533,9 +530,10 @@ def main(config, workdir, plot: int = 0) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path(config.model.path))
-    _, examples, stats = dss.data.build_dataset(config.data, tokenizer)
+    template_vars = templating.run_template_vars(config.template, workdir)
+    _, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)
     log.info("data: %s", stats)
-    trajs = cached_score(config, examples, workdir)
+    trajs = cached_score(config, examples, workdir, template_vars)
     out = Path(workdir) / "star_plots"
     for i in range(min(plot, len(trajs))):
         out.mkdir(parents=True, exist_ok=True)

@@ -53,13 +53,27 @@ def _make(out: Path, template: str, seed: int, layers: int) -> None:
         raise
 
 
+# name -> (directory under the cache, chat template, init seed)
+ASSETS = {
+    "policy": ("policy", assets.POLICY_CHAT_TEMPLATE, 0),
+    "guardrail": ("Llama-Guard-3-tiny", assets.LLAMA_GUARD_3_TEMPLATE, 1),
+}
+
+
+def asset(name: str) -> str:
+    """Path of the tiny asset `name` (policy | guardrail), made atomically on first use. Configs
+    name it as `tiny:<name>` (resolved by `dss.models.checkpoint.resolve_path`), so reading a
+    config builds nothing."""
+    if name not in ASSETS:
+        raise ValueError(f"tiny:{name}: unknown tiny asset; use one of {[f'tiny:{n}' for n in ASSETS]}")
+    directory, template, seed = ASSETS[name]
+    path = cache_dir() / directory
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _make(path, template, seed=seed, layers=2)
+    return str(path)
+
+
 def ensure_assets() -> dict[str, str]:
-    """Paths of the tiny policy and guardrail, creating them atomically if missing."""
-    root = cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    paths = {"policy": root / "policy", "guardrail": root / "Llama-Guard-3-tiny"}
-    if not paths["policy"].exists():
-        _make(paths["policy"], assets.POLICY_CHAT_TEMPLATE, seed=0, layers=2)
-    if not paths["guardrail"].exists():
-        _make(paths["guardrail"], assets.LLAMA_GUARD_3_TEMPLATE, seed=1, layers=2)
-    return {k: str(v) for k, v in paths.items()}
+    """Paths of every tiny asset, made if missing."""
+    return {name: asset(name) for name in ASSETS}

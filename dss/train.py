@@ -30,7 +30,7 @@ from transformers import AutoTokenizer
 
 import dss.data
 import dss.models
-from dss import cache, objectives, sharding, star
+from dss import cache, objectives, sharding, star, templating
 from dss.segments import rs_weight, token_weights
 
 log = logging.getLogger("dss.train")
@@ -49,9 +49,9 @@ def needs_ref_model(obj) -> bool:
 # ----------------------------------------------------------------------------- per-example inputs
 
 
-def star_inputs(config, workdir: Path, examples, encoded) -> dict[str, list[np.ndarray]]:
+def star_inputs(config, workdir: Path, examples, encoded, template_vars) -> dict[str, list[np.ndarray]]:
     """STAR token weights (star_dss) or per-example RS weights, from the cache or a fresh pass."""
-    trajs = star.cached_score(config, examples, workdir)
+    trajs = star.cached_score(config, examples, workdir, template_vars)
     if config.objective.name == "rs":
         return {"example_weight": [np.float32(rs_weight(t.safe_prob, config.objective.rs_mode)) for t in trajs]}
     weights = []
@@ -267,14 +267,15 @@ def train(config, workdir) -> dict:
 
     model_path = dss.models.checkpoint.resolve_path(config.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    encoded, examples, stats = dss.data.build_dataset(config.data, tokenizer)
+    template_vars = templating.run_template_vars(config.template, workdir)
+    encoded, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)
     log.info("data: %s", json.dumps(stats))
     if len(encoded) < t.global_batch:
         raise ValueError(f"{len(encoded)} usable examples, fewer than config.train.global_batch={t.global_batch}")
 
     extras = {}
     if obj.name in NEEDS_STAR:
-        extras.update(star_inputs(config, workdir, examples, encoded))
+        extras.update(star_inputs(config, workdir, examples, encoded, template_vars))
     model = dss.models.load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype, mesh=mesh)
     if needs_ref_logp(obj):
         fp = cache.fingerprint("ref_logp", cache.weights_fingerprint(model_path), config.model.dtype,

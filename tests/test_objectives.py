@@ -4,8 +4,6 @@ Gradients are checked w.r.t. the logits: for any loss sum_t c_t log p(y_t) / N t
 token t is c_t (onehot(y_t) - softmax(logits_t)) / N, so each reference only needs dL/dlog p.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,8 +93,7 @@ OBJECTIVES = {
         lg, d["targets"], d["mask"], d["w"], ref_logp=d["ref_logp"], kl_estimator="k3", **kw
     ),
     "star_full": lambda lg, d, **kw: O.star_dss_loss(
-        lg, d["targets"], d["mask"], d["w"], ref_logits=d["ref_logits"], kl_estimator="full",
-        chunk_size=3, **kw,
+        lg, d["targets"], d["mask"], d["w"], ref_logits=d["ref_logits"], kl_estimator="full", **kw
     ),
     "deep_token": lambda lg, d, **kw: O.deep_token_loss(
         lg, d["targets"], d["mask"], d["ref_logp"], **kw
@@ -113,23 +110,8 @@ OBJECTIVES = {
 }
 
 
-@functools.cache
-def _jitted(name):
-    fn = OBJECTIVES[name]
-    return jax.jit(
-        jax.value_and_grad(lambda x, d, normalizer: fn(x, d, normalizer=normalizer), has_aux=True)
-    )
-
-
 def run(name, logits, d, normalizer=None):
-    """Loss, metrics and d loss / d logits of objective `name` on batch `d`.
-
-    Full-KL objectives are jitted once per input shape (eagerly, their chunk loops would compile
-    again on every call); the others run eagerly, where each primitive compiles once per shape.
-    """
-    if "full" in name:
-        (loss, metrics), grad = _jitted(name)(jnp.asarray(logits), d, normalizer)
-        return loss, metrics, np.asarray(grad)
+    """Loss, metrics and d loss / d logits of objective `name` on batch `d`."""
     return value_and_grad(lambda x: OBJECTIVES[name](x, d, normalizer=normalizer), logits)
 
 
@@ -227,46 +209,46 @@ def test_full_kl_matches_numpy(data):
     np.testing.assert_allclose(logp, expected_logp, rtol=1e-6, atol=1e-6)
 
 
-def test_full_kl_chunked_equals_unchunked(data):
-    """Chunks of 1 and 3 positions (T = 8: the last chunk of 3 overlaps the one before)."""
-
-    def loss(chunk):
-        return lambda x: O.star_dss_loss(
-            x, data["targets"], MASK, data["w"], ref_logits=data["ref_logits"],
-            kl_estimator="full", chunk_size=chunk,
-        )
-
-    whole, wm, wgrad = value_and_grad(loss(None), data["logits"])
-    for chunk_size in (1, 3):
-        chunked, cm, cgrad = value_and_grad(loss(chunk_size), data["logits"])
-        np.testing.assert_allclose(chunked, whole, rtol=1e-6)
-        np.testing.assert_allclose(cm["kl"], wm["kl"], rtol=1e-6)
-        np.testing.assert_allclose(cgrad, wgrad, rtol=1e-6, atol=1e-8)
+def _hidden_case(b=2, t=8, e=5, v=V, seed=1):
+    """Hidden states of a policy and a reference, linear unembeddings of both, targets."""
+    rng = np.random.default_rng(seed)
+    hidden, ref_hidden = (jnp.asarray(rng.normal(size=(b, t, e)), jnp.float32) for _ in range(2))
+    w, ref_w = (jnp.asarray(rng.normal(size=(e, v)), jnp.float32) for _ in range(2))
+    targets = jnp.asarray(rng.integers(0, v, size=(b, t)), jnp.int32)
+    return (lambda h: h @ w), (lambda h: h @ ref_w), hidden, ref_hidden, targets
 
 
-def test_full_kl_chunks_never_hold_both_models_vocab_tensors():
-    """Compiled scratch memory of the chunked full-KL step stays below ONE [B, T, V] float32 tensor,
-    where the unchunked one needs two (both models' log-softmaxes). float32 logits, because the CPU
-    compiler upcasts bfloat16 programs wholesale; GPU/TPU keep bfloat16 inputs as they are."""
+@pytest.mark.parametrize("chunk_size", [1, 3, 4, 256])
+def test_hidden_full_kl_chunks_equal_whole_logits(chunk_size):
+    """Chunks of 1, gcd(8, 3) = 1, 4 and all 8 positions: the values and the gradient w.r.t. the
+    policy's hidden states of `logp_and_full_kl` on whole logits; none reaches the reference."""
+    unembed, ref_unembed, hidden, ref_hidden, targets = _hidden_case()
+
+    def total(fn):
+        return lambda h, r: sum(x.sum() for x in fn(h, r))
+
+    chunked = lambda h, r: O.hidden_logp_and_full_kl(unembed, ref_unembed, h, r, targets, chunk_size)
+    whole = lambda h, r: O.logp_and_full_kl(unembed(h), ref_unembed(r), targets)
+    for a, b in zip(chunked(hidden, ref_hidden), whole(hidden, ref_hidden)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    (gc, gc_ref), (gw, _) = (jax.grad(total(f), argnums=(0, 1))(hidden, ref_hidden) for f in (chunked, whole))
+    np.testing.assert_allclose(gc, gw, rtol=1e-5, atol=1e-6)
+    assert not np.any(gc_ref)
+
+
+def test_hidden_full_kl_never_holds_whole_logits():
+    """Compiled scratch memory of the chunked full-KL gradient stays below ONE [B, T, V] float32
+    tensor, where whole logits need two (both models' log-softmaxes)."""
     b, t, v = 2, 64, 1024
-    rng = np.random.default_rng(1)
-    lg, rl = (rng.normal(size=(b, t, v)).astype(np.float32) for _ in range(2))
-    tg = rng.integers(0, v, size=(b, t)).astype(np.int32)
-    mask, w = np.ones((b, t), bool), np.full((b, t), 0.5, np.float32)
+    unembed, ref_unembed, hidden, ref_hidden, targets = _hidden_case(b, t, 16, v)
 
-    def temp_bytes(chunk_size):
-        step = jax.jit(jax.grad(lambda x, r: O.star_dss_loss(
-            x, tg, mask, w, ref_logits=r, kl_estimator="full", chunk_size=chunk_size)[0]))
-        return step.lower(lg, rl).compile().memory_analysis().temp_size_in_bytes
+    def temp_bytes(fn):
+        step = jax.jit(jax.grad(lambda h, r: sum(x.sum() for x in fn(h, r))))
+        return step.lower(hidden, ref_hidden).compile().memory_analysis().temp_size_in_bytes
 
     one_tensor = b * t * v * 4
-    assert temp_bytes(None) >= 2 * one_tensor  # the check can see both models' tensors
-    assert temp_bytes(8) < one_tensor
-
-
-def test_chunk_size_must_be_positive(data):
-    with pytest.raises(ValueError, match="chunk_size"):
-        O.logp_and_full_kl(data["logits"], data["ref_logits"], data["targets"], chunk_size=0)
+    assert temp_bytes(lambda h, r: O.logp_and_full_kl(unembed(h), ref_unembed(r), targets)) >= 2 * one_tensor
+    assert temp_bytes(lambda h, r: O.hidden_logp_and_full_kl(unembed, ref_unembed, h, r, targets, 8)) < one_tensor
 
 
 def test_deep_token_matches_numpy(data):

@@ -7,7 +7,8 @@ data sets under `files/` (see files/README.md) ship with the package.
 
 from pathlib import Path
 
-from dss.data.batching import StepBatcher, bucket_length, scatter_per_token
+from dss.buckets import bucket_length
+from dss.data.batching import StepBatcher, scatter_per_token
 from dss.data.chat import DEFAULT_MAX_LENGTH, Encoded, encode_chat, encode_examples
 from dss.data.mixture import apportion, mix, sample_rows
 from dss.data.pipeline import build_dataset

@@ -4,7 +4,7 @@ Epoch e visits the examples in the permutation drawn from (seed, e) alone, so an
 recomputed from (epoch, step) and a resumed run sees exactly the batches it would have seen.
 Rows are right-padded to a multiple of 64 tokens (or one fixed length) so that few shapes
 compile. Per-example arrays computed once per dataset (STAR weights, reference log-probs, RS
-weights) ride along, gathered by `example_index` into the batch layout.
+weights) ride along, gathered into the batch layout by the example indices of each step.
 """
 
 from __future__ import annotations
@@ -13,12 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from dss.buckets import bucket_length
 from dss.data.chat import Encoded
-
-
-def bucket_length(n: int, multiple: int = 64) -> int:
-    """`n` rounded up to a multiple of `multiple` (at least one multiple)."""
-    return max(1, -(-n // multiple)) * multiple
 
 
 def scatter_per_token(values: Sequence[np.ndarray], example_index: np.ndarray, length: int, fill=0.0) -> np.ndarray:
@@ -36,15 +32,16 @@ def scatter_per_token(values: Sequence[np.ndarray], example_index: np.ndarray, l
 class StepBatcher:
     """Batches of `batch_size` examples by training step; iterate it, or ask `batch(step)`.
 
-    Each batch holds `input_ids` (model inputs: Encoded.input_ids[:-1]), `targets`, `loss_mask`,
-    `positions` (int32/bool [B, T], right-padded with `pad_id` / False) and `example_index`
-    (int32 [B], -1 for filler rows), plus every entry of `extras`: name -> one value per example,
-    either a scalar (-> [B]) or an array with one entry per target (-> [B, T], 0 after it).
+    Each batch holds `input_ids` (model inputs: Encoded.input_ids[:-1]) and `targets` (int32
+    [B, T], both right-padded with `pad_id`), `loss_mask` (bool [B, T], False after each example)
+    and every entry of `extras`: name -> one value per example, either a scalar (-> [B]) or an
+    array with one entry per target (-> [B, T], 0 after it). `indices(step)` gives the examples
+    of a batch.
 
     drop_last (default): an epoch has len // batch_size steps and skips the left-over examples (a
     different few each epoch, as every epoch is reshuffled); otherwise the last batch is filled up
-    with empty rows (example_index -1, loss_mask False). `length` fixes T; else T is the batch's
-    longest example rounded up to `multiple`.
+    with empty rows (index -1, loss_mask False). `length` fixes T; else T is the batch's longest
+    example rounded up to `multiple`.
     """
 
     def __init__(self, encoded: Sequence[Encoded], extras: Mapping[str, Sequence] | None, batch_size: int,
@@ -81,18 +78,20 @@ class StepBatcher:
             self._order = (epoch, np.concatenate([perm, np.full(max(size - len(perm), 0), -1)])[:size])
         return self._order[1]
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """The batch of global step `step` (0-based): batch step % steps_per_epoch of epoch
-        step // steps_per_epoch."""
+    def indices(self, step: int) -> np.ndarray:
+        """Example indices (int32 [B], -1 for filler rows) of the batch of global step `step`
+        (0-based): batch step % steps_per_epoch of epoch step // steps_per_epoch."""
         epoch, within = divmod(step, self.steps_per_epoch)
-        index = self.order(epoch)[within * self.batch_size : (within + 1) * self.batch_size].astype(np.int32)
+        return self.order(epoch)[within * self.batch_size : (within + 1) * self.batch_size].astype(np.int32)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The batch of global step `step` (0-based), rows in the order of `indices(step)`."""
+        index = self.indices(step)
         length = self.length or bucket_length(max(len(self.encoded[i].targets) for i in index if i >= 0), self.multiple)
         batch = {
             "input_ids": scatter_per_token(self._inputs, index, length, self.pad_id),
             "targets": scatter_per_token(self._targets, index, length, self.pad_id),
             "loss_mask": scatter_per_token(self._masks, index, length, False),
-            "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (len(index), length)).copy(),
-            "example_index": index,
         }
         for name, values in self.extras.items():
             if np.ndim(values[0]):

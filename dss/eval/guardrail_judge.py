@@ -30,13 +30,16 @@ class GuardrailJudge:
         self.token_budget = int(token_budget)
 
     @classmethod
-    def from_pretrained(cls, paths: str | Sequence[str], kind: str = "auto", dtype: str = "float32", **kwargs):
-        """One guardrail, or an ensemble from a comma-separated string / list of paths or hub ids."""
+    def from_pretrained(cls, paths: str | Sequence[str], kind: str = "auto", dtype: str = "float32",
+                        template_vars: dict | None = None, **kwargs):
+        """One guardrail, or an ensemble from a comma-separated string / list of paths or hub ids;
+        `template_vars` go to every rendering (dss.templating)."""
         paths = [p.strip() for p in paths.split(",")] if isinstance(paths, str) else list(paths)
         paths = [p for p in paths if p]
         if not paths:
             raise ValueError("guardrail judge: no guardrail path given (config eval.guardrail.path)")
-        return cls([star.Guardrail.from_pretrained(p, kind=kind, dtype=dtype) for p in paths], **kwargs)
+        return cls([star.Guardrail.from_pretrained(p, kind=kind, dtype=dtype, template_vars=template_vars)
+                    for p in paths], **kwargs)
 
     def __call__(self, examples: Sequence[dict]) -> list[dict]:
         pairs = [{"prompt": ex["prompt"], "response": ex["response"]} for ex in examples]

@@ -18,6 +18,7 @@ from flax import nnx
 
 import dss.models
 from dss import sharding
+from dss.buckets import bucket_length, next_pow2
 from dss.generate import chat_prompt_tokens, generate
 
 __all__ = ["Policy", "resolve_model"]
@@ -30,10 +31,6 @@ def resolve_model(path: str) -> tuple[str, bool]:
     if local.is_dir() and not (local / "config.json").exists() and (local / "export" / "config.json").exists():
         return str(local / "export"), True
     return str(path), False
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-max(n, 1) // multiple) * multiple
 
 
 @nnx.jit(static_argnames=("width",))
@@ -68,12 +65,13 @@ class Policy:
 
     def __init__(self, model_path: str, tokenizer: str = "", system_prompt: str = "", dtype: str = "float32",
                  mesh: Sequence[int] = (), temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 stop_tokens: Sequence[str] = (), batch_size: int = 32):
+                 stop_tokens: Sequence[str] = (), batch_size: int = 32, template_vars: dict | None = None):
         self.model_path, self.tokenizer_path = model_path, tokenizer or model_path
         self.system = system_prompt or None
         self.dtype, self.mesh_shape = dtype, tuple(mesh)
         self.sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
         self.stop_tokens, self.batch_size = tuple(stop_tokens), int(batch_size)
+        self.template_vars = dict(template_vars or {})  # the run's fixed template variables (dss.templating)
         self._model = self._tokenizer = self._mesh = self._eos = None
 
     @property
@@ -111,7 +109,7 @@ class Policy:
         return pad if pad is not None and pad < self.model.config.vocab_size else 0
 
     def prompt_tokens(self, prompt: str, prefill: str | None = None) -> list[int]:
-        return chat_prompt_tokens(self.tokenizer, prompt, system=self.system, prefill=prefill)
+        return chat_prompt_tokens(self.tokenizer, prompt, system=self.system, prefill=prefill, **self.template_vars)
 
     def generate(self, prompts: Sequence[str], prefills: Sequence[str | None], max_new_tokens: int,
                  seed: int = 0) -> list[str]:
@@ -140,9 +138,9 @@ class Policy:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
         for first in range(0, len(order), self.batch_size):
             chunk = order[first : first + self.batch_size]
-            size = 1 << (len(chunk) - 1).bit_length()
-            length = _round_up(max(len(rows[i][0]) for i in chunk), 64)
-            width = 1 << (max(len(rows[i][0]) - rows[i][1] for i in chunk) - 1).bit_length()
+            size = next_pow2(len(chunk))
+            length = bucket_length(max(len(rows[i][0]) for i in chunk), 64)
+            width = next_pow2(max(len(rows[i][0]) - rows[i][1] for i in chunk))
             tokens = np.zeros((size, length), np.int32)
             starts, lengths = np.ones(size, np.int32), np.ones(size, np.int32)
             for b, i in enumerate(chunk):

@@ -84,25 +84,26 @@ def _capability_rows(bcfg, cfg, policy, path: Path, name: str) -> list[dict]:
     return _produce(path, items, make_rows, cfg.batch_size, name)
 
 
-def _generation_settings(bcfg, cfg) -> dict:
+def _generation_settings(bcfg, cfg, template_vars: dict) -> dict:
     """What a benchmark's outputs depend on (as stored in JSON, so it compares equal after a reload)."""
     settings = {"benchmark": bcfg.to_dict(), "max_new_tokens": bcfg.max_new_tokens or cfg.max_new_tokens,
+                "template_vars": template_vars,
                 **{k: cfg[k] for k in ("tokenizer", "dtype", "temperature", "top_k", "top_p", "seed", "system_prompt",
                                        "stop_tokens")}}
     return json.loads(json.dumps(settings))
 
 
-def _judge_settings(name: str, cfg) -> dict:
+def _judge_settings(name: str, cfg, template_vars: dict) -> dict:
     if name == "keyword":
         settings = {"keywords": cfg.keyword.keywords}
     elif name == "guardrail":
-        settings = {k: cfg.guardrail[k] for k in ("path", "kind", "threshold")}
+        settings = {**{k: cfg.guardrail[k] for k in ("path", "kind", "threshold")}, "template_vars": template_vars}
     else:
         settings = {"url": cfg.llm_judge.url, "model": cfg.llm_judge.model}
     return json.loads(json.dumps(settings))
 
 
-def _make_judge(name: str, cfg, outdir: Path):
+def _make_judge(name: str, cfg, outdir: Path, template_vars: dict):
     if name == "keyword":
         from dss.eval.keyword import KeywordJudge
 
@@ -112,7 +113,7 @@ def _make_judge(name: str, cfg, outdir: Path):
 
         g = cfg.guardrail
         return GuardrailJudge.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold,
-                                              token_budget=g.token_budget)
+                                              token_budget=g.token_budget, template_vars=template_vars)
     from dss.eval.llm_judge import LLMJudge
 
     j = cfg.llm_judge
@@ -133,9 +134,13 @@ def _names(model: str, finetuned: bool) -> tuple[str, Path]:
     return name, Path(model) / "eval" if finetuned else Path("eval") / name
 
 
-def evaluate(eval_config: ConfigDict | dict) -> dict:
-    """Run (or resume) the evaluation an `eval` config section describes; returns results.json's content."""
+def evaluate(eval_config: ConfigDict | dict, template_vars: dict | None = None) -> dict:
+    """Run (or resume) the evaluation an `eval` config section describes; returns results.json's content.
+
+    `template_vars` go to every chat-template rendering (policy prompts, guardrail judge): the
+    evaluated run's fixed variables (dss.templating), so prompts do not change with the calendar."""
     cfg = resolve(eval_config)
+    template_vars = dict(template_vars or {})
     model_path, finetuned = resolve_model(cfg.model)
     method, default_outdir = _names(cfg.model, finetuned)
     outdir = Path(cfg.outdir or default_outdir)
@@ -147,12 +152,12 @@ def evaluate(eval_config: ConfigDict | dict) -> dict:
     results = {"method": cfg.method or method, "model": model_path, "finetuned": finetuned,
                "benchmarks": results.get("benchmarks", {})}
     policy = Policy(model_path, cfg.tokenizer, cfg.system_prompt, cfg.dtype, cfg.mesh, cfg.temperature, cfg.top_k,
-                    cfg.top_p, cfg.stop_tokens, cfg.batch_size)
+                    cfg.top_p, cfg.stop_tokens, cfg.batch_size, template_vars)
 
     safety = []
     for name in suite(cfg):
         bcfg, path = cfg.benchmarks[name], gen_dir / f"{name}.jsonl"
-        settings = _generation_settings(bcfg, cfg)
+        settings = _generation_settings(bcfg, cfg, template_vars)
         entry = results["benchmarks"].setdefault(name, {"kind": bcfg.kind, "settings": settings})
         _check(entry, settings, f"benchmark {name!r}", results_file)
         write_json(results_file, results)
@@ -167,13 +172,13 @@ def evaluate(eval_config: ConfigDict | dict) -> dict:
     policy.close()
 
     for judge_name in judges(cfg):
-        settings, judge = _judge_settings(judge_name, cfg), None
+        settings, judge = _judge_settings(judge_name, cfg, template_vars), None
         for name in safety:
             entry, path = results["benchmarks"][name], gen_dir / f"{name}.jsonl"
             if judge_name in entry["judges"]:
                 _check(entry["judges"][judge_name], settings, f"judge {judge_name!r} on {name!r}", results_file)
                 continue
-            judge = judge or _make_judge(judge_name, cfg, outdir)
+            judge = judge or _make_judge(judge_name, cfg, outdir, template_vars)
             rows = read_jsonl(path, repair=False)
             verdicts = judge(rows)
             for row, verdict in zip(rows, verdicts):

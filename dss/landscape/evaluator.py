@@ -17,9 +17,10 @@ class SafetyEvaluator:
 
     def __init__(self, tokenizer, prompts: Sequence[str], max_new_tokens: int, eos_ids: Sequence[int],
                  system_prompt: str = "", batch_size: int = 80, keywords: Sequence[str] = (), judge=None,
-                 mesh=None):
+                 mesh=None, template_vars=None):
         self.tokenizer, self.prompts = tokenizer, list(prompts)
-        self.tokens = [chat_prompt_tokens(tokenizer, p, system=system_prompt or None) for p in self.prompts]
+        self.tokens = [chat_prompt_tokens(tokenizer, p, system=system_prompt or None, **(template_vars or {}))
+                       for p in self.prompts]
         self.max_new_tokens, self.eos_ids = int(max_new_tokens), list(eos_ids)
         self.batch_size, self.keywords = int(batch_size), tuple(keywords) or REFUSAL_KEYWORDS
         self.judge, self.mesh = judge, mesh

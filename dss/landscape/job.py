@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import dss.models
-from dss import sharding
+from dss import sharding, templating
 from dss.eval.benchmarks import advbench
 from dss.eval.io import append_jsonl, read_jsonl, write_json
 from dss.eval.policy import eos_ids, resolve_model
@@ -22,46 +22,9 @@ from dss.landscape.directions import (Direction, Perturbation, cosine, interpola
                                       orthogonalize, random_direction, save_direction)
 from dss.landscape.evaluator import SafetyEvaluator
 from dss.landscape.plots import plot_1d, plot_2d
-from dss.landscape.visage import grid_axes, visage
+from dss.landscape.grid import grid_axes, visage
 
 log = logging.getLogger("dss.landscape")
-
-
-def landscape_defaults() -> ml_collections.ConfigDict:
-    """The `landscape` section of a dss config (put in as `config.landscape`)."""
-    c = ml_collections.ConfigDict()
-    c.model = ""  # centre checkpoint: HF dir, hub id or dss.train workdir; "" = config.model.path
-    c.tokenizer = ""  # "" = the model's own tokenizer and chat template
-    c.dtype = "float32"  # compute and parameter dtype of the model ("bfloat16" on accelerators)
-    c.mesh = ()  # (data, fsdp, tensor) sizes for dss.sharding.make_mesh (-1 = the rest); () = one device
-    c.name = "landscape"  # output subdirectory of the workdir (results.json, points.jsonl, plots)
-    c.label = ""  # the curve's name in plots; "" = the model directory's name
-    # One entry per axis (1 = curve, 2 = surface): "random" (axis k uses seed + k), "random:<seed>",
-    # or "interp:<checkpoint>" (target - model: a = 1 is that checkpoint).
-    c.directions = ("random",)
-    c.seed = 0
-    c.orthogonalize = False  # Gram-Schmidt the second random direction against the first (tensor by tensor)
-    c.direction_dtype = "float32"  # of random directions ("bfloat16" halves their memory); interpolations are float32
-    c.direction_dir = ""  # saved random directions; "" = <workdir>/directions (shared by the workdir's landscapes)
-    c.grid_range = (-0.5, 0.5)  # a (and b) from ... to ...; e.g. (-0.5, 1.5) for an interpolation
-    c.steps = 20  # intervals per axis: 20 -> 21 points (21 x 21 in 2D)
-    c.advbench = "walledai/AdvBench"  # harmful_behaviors.csv or hub id
-    c.num_prompts = 80  # the first N AdvBench prompts
-    c.system_prompt = ""  # "" = no system message (the chat template's default)
-    c.max_new_tokens = 512  # greedy decoding budget per response
-    c.batch_size = 80  # prompts per generate call
-    c.points_per_batch = 1  # grid points decoded together (their weights side by side: memory x N)
-    c.judge = "keyword"  # ASR of the landscape: keyword | guardrail (keyword ASR is recorded either way)
-    c.keywords = ()  # refusal substrings; () = dss.eval.keyword.REFUSAL_KEYWORDS
-    c.guardrail = ml_collections.ConfigDict(dict(
-        path="",  # guardrail checkpoint(s), comma-separated = averaged ensemble (judge = guardrail)
-        kind="auto",  # llama_guard_3 | granite_guardian | shieldgemma | auto
-        threshold=0.5,  # P(safe) above this counts as safe
-        dtype="float32",
-    ))
-    c.save_responses = True  # keep every response in points.jsonl (for later judging)
-    c.compare = ()  # other landscapes' output dirs (or results.json) overlaid in the 1D plot
-    return c
 
 
 def _key(coeffs) -> str:
@@ -103,27 +66,28 @@ def _directions(cfg, model, workdir: Path, mesh) -> list[Direction]:
     return out
 
 
-def _settings(cfg, model_path: str, directions: list[Direction], prompts: list[str]) -> dict:
+def _settings(cfg, model_path: str, directions: list[Direction], prompts: list[str], template_vars: dict) -> dict:
     """What the points depend on (the grid is not: a finer or wider grid reuses the points it shares)."""
     settings = {
         "model": model_path, "tokenizer": cfg.tokenizer, "dtype": cfg.dtype,
         "directions": [{"name": d.name, "norm": d.norm()} for d in directions],
         "orthogonalize": bool(cfg.orthogonalize), "direction_dtype": cfg.direction_dtype,
         "prompts": prompts, "system_prompt": cfg.system_prompt, "max_new_tokens": cfg.max_new_tokens,
-        "judge": cfg.judge, "keywords": list(cfg.keywords),
+        "judge": cfg.judge, "keywords": list(cfg.keywords), "template_vars": template_vars,
     }
     if cfg.judge == "guardrail":
         settings["guardrail"] = cfg.guardrail.to_dict()
     return json.loads(json.dumps(settings))
 
 
-def _judge(cfg):
+def _judge(cfg, template_vars):
     if cfg.judge == "keyword":
         return None
     from dss.eval.guardrail_judge import GuardrailJudge
 
     g = cfg.guardrail
-    return GuardrailJudge.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold)
+    return GuardrailJudge.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold,
+                                          template_vars=template_vars)
 
 
 def _curve(source) -> tuple[str, tuple]:
@@ -142,8 +106,9 @@ def _marks(direction: dict) -> dict:
     return {1.0: Path(name.split(":", 1)[1].rstrip("/")).name} if name.startswith("interp:") else {}
 
 
-def run(cfg, workdir, default_model: str = "") -> dict:
-    """Compute (or resume) the landscape a `landscape` config section describes; returns results.json's content."""
+def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
+    """Compute (or resume) the landscape a `landscape` config section describes; returns results.json's content.
+    `template_vars` go to the prompts' chat template (the run's fixed variables, dss.templating)."""
     workdir, source = Path(workdir), str(cfg.model or default_model)
     if not source:
         raise ValueError("config landscape.model (or model.path) is empty")
@@ -166,7 +131,7 @@ def run(cfg, workdir, default_model: str = "") -> dict:
     axes = grid_axes(cfg.grid_range, cfg.steps, len(directions))
     prompts = [r.prompt for r in advbench(cfg.advbench, limit=cfg.num_prompts)]
 
-    settings = _settings(cfg, model_path, directions, prompts)
+    settings = _settings(cfg, model_path, directions, prompts, template_vars or {})
     if settings_file.exists():
         stored = json.loads(settings_file.read_text())
         if stored != settings:
@@ -181,7 +146,8 @@ def run(cfg, workdir, default_model: str = "") -> dict:
     pending = [c for c in grid if _key(c) not in done]
     if pending:
         evaluator = SafetyEvaluator(tokenizer, prompts, cfg.max_new_tokens, eos_ids(tokenizer, local),
-                                    cfg.system_prompt, cfg.batch_size, cfg.keywords, _judge(cfg), mesh)
+                                    cfg.system_prompt, cfg.batch_size, cfg.keywords, _judge(cfg, template_vars), mesh,
+                                    template_vars)
         perturbation = Perturbation(model, directions)
         del model
         with tqdm(total=len(grid), initial=len(grid) - len(pending), desc=f"landscape {cfg.name}",
@@ -241,6 +207,11 @@ def run(cfg, workdir, default_model: str = "") -> dict:
 
 
 def main(config, workdir) -> dict:
-    """`python -m dss.landscape` job: the config's `landscape` section; the model defaults to model.path."""
+    """`python -m dss.landscape` job: the config's `landscape` section. With landscape.model empty,
+    the centre is the `--workdir` run's export when it has one, else config.model.path."""
+    export, trained = resolve_model(str(workdir))
     model = config.get("model")
-    return run(config.landscape, workdir, model.path if model is not None else "")
+    default = export if trained else (model.path if model is not None else "")
+    log.info("landscape centre: %s", config.landscape.model or default)
+    template_vars = templating.run_template_vars(config.get("template") or {}, workdir)
+    return run(config.landscape, workdir, default, template_vars)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dss.landscape.visage import MAX_ASR
+from dss.landscape.grid import MAX_ASR
 
 
 def _pyplot():

@@ -114,7 +114,12 @@ class SafetensorsDir:
 
 
 def resolve_path(path: str | os.PathLike) -> Path:
-    """A local directory as is; anything else is taken as a Hugging Face Hub repo id."""
+    """A local directory as is; `tiny:<name>` the tiny CPU asset of that name (`dss.tiny`, made on
+    first use); anything else is taken as a Hugging Face Hub repo id."""
+    if str(path).startswith("tiny:"):
+        from dss import tiny
+
+        return Path(tiny.asset(str(path).removeprefix("tiny:")))
     local = Path(path).expanduser()
     if local.is_dir():
         return local
@@ -178,16 +183,6 @@ def _place(value: np.ndarray, axes, mesh, rules) -> jax.Array:
         return jnp.asarray(value)
     sharding = shd.named_sharding(axes, value.shape, mesh, rules)
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
-def param_shardings(model: Transformer, mesh, rules=None):
-    """NamedSharding of every parameter by the logical-axis rules (for jit in/out shardings)."""
-    state = nnx.state(model, nnx.Param)
-    return jax.tree.map(
-        lambda v: v.replace(shd.named_sharding(v.get_metadata()["logical_axes"], v.shape, mesh, rules)),
-        state,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
 
 
 def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30) -> Path:
