@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from dss.atomic import atomic_file
 
 _SAMPLE_BYTES = 1 << 20
 
@@ -46,16 +46,9 @@ def weights_fingerprint(model_dir) -> str:
 def save(path, kind: str, fp: str, arrays: dict[str, np.ndarray], meta: dict | None = None) -> Path:
     """Write `arrays` with their fingerprint to `path` (.npz) via a temporary file and rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"kind": kind, "fingerprint": fp, "meta": meta or {}})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, __header__=np.array(header), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+        np.savez(f, __header__=np.array(header), **arrays)
     return path
 
 

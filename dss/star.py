@@ -529,6 +529,9 @@ def main(config, workdir, plot: int = 0) -> None:
     import dss.data
     from transformers import AutoTokenizer
 
+    from dss.checks import check_star_config
+
+    check_star_config(config)
     tokenizer = AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path(config.model.path))
     template_vars = templating.run_template_vars(config.template, workdir)
     _, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)

@@ -53,17 +53,25 @@ def _agree(fixed: dict) -> dict:
     return json.loads(bytes(agreed[agreed != 0]).decode())
 
 
+def recorded(workdir: str | os.PathLike) -> dict | None:
+    """The variables recorded in `workdir`, or None if it has none yet."""
+    path = Path(workdir) / FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); restore it or start a new --workdir") from e
+
+
 def run_template_vars(wanted: Mapping, workdir: str | os.PathLike) -> dict:
     """The template variables of the run in `workdir`: those recorded at its first job, else
     `wanted` (e.g. `config.template`) resolved now and recorded. A variable the config sets that
     differs from the recorded one is an error: the run's earlier jobs rendered with the other."""
     path = Path(workdir) / FILE
     wanted = dict(wanted or {})
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{path}: not valid JSON ({e}); restore it or start a new --workdir") from e
+    stored = recorded(workdir)
+    if stored is not None:
         for key, value in wanted.items():
             if value and stored.get(key) != value:
                 raise ValueError(

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer
 
 import dss.data
 import dss.models
-from dss import cache, objectives, sharding, star, templating
+from dss import cache, checks, objectives, sharding, star, templating
 from dss.segments import rs_weight, token_weights
 
 log = logging.getLogger("dss.train")
@@ -257,6 +257,7 @@ def train(config, workdir) -> dict:
     """Run (or resume) the configured finetuning; returns the last step's metrics."""
     if config.distributed:
         jax.distributed.initialize()
+    checks.check_train_config(config)  # after initialize (it builds the mesh), before anything is loaded
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "dss_config.json").write_text(config.to_json_best_effort(indent=2))  # not config.json: that marks HF dirs

@@ -446,13 +446,14 @@ def test_batches_are_padded_to_buckets(encoded, llama_tok):
                                    pad_id=llama_tok.pad_token_id)
     assert batcher.steps_per_epoch == 5
     for step in range(5):
-        batch = batcher.batch(step)
-        longest = max(len(encoded[i].targets) for i in batch["example_index"])
+        batch, index = batcher.batch(step), batcher.indices(step)
+        assert batch.keys() == {"input_ids", "targets", "loss_mask", "star_weight", "example_weight"}
+        longest = max(len(encoded[i].targets) for i in index)
         B, T = batch["input_ids"].shape
         assert B == 8 and T % 64 == 0 and longest <= T < longest + 64
-        assert batch["input_ids"].dtype == batch["targets"].dtype == batch["positions"].dtype == np.int32
+        assert batch["input_ids"].dtype == batch["targets"].dtype == np.int32
         assert batch["loss_mask"].dtype == bool and batch["example_weight"].dtype == np.float32
-        for b, i in enumerate(batch["example_index"]):
+        for b, i in enumerate(index):
             e, n = encoded[i], len(encoded[i].targets)
             np.testing.assert_array_equal(batch["input_ids"][b, :n], e.input_ids[:-1])
             np.testing.assert_array_equal(batch["targets"][b, :n], e.targets)
@@ -460,7 +461,6 @@ def test_batches_are_padded_to_buckets(encoded, llama_tok):
             np.testing.assert_array_equal(batch["star_weight"][b, :n], star[i])
             assert (batch["input_ids"][b, n:] == llama_tok.pad_token_id).all() and not batch["loss_mask"][b, n:].any()
             assert (batch["star_weight"][b, n:] == 0).all() and batch["example_weight"][b] == i
-            np.testing.assert_array_equal(batch["positions"][b], np.arange(T))
     fixed = dss.data.StepBatcher(encoded, None, 8, length=1000).batch(0)
     assert fixed["input_ids"].shape == (8, 1000)
     with pytest.raises(ValueError, match="more than the fixed batch length 16"):
@@ -470,9 +470,9 @@ def test_batches_are_padded_to_buckets(encoded, llama_tok):
     # keep every example: the last batch is filled with empty rows
     padded = dss.data.StepBatcher(encoded, {"example_weight": weight}, 8, drop_last=False)
     last = padded.batch(padded.steps_per_epoch - 1)
-    assert padded.steps_per_epoch == 6 and (last["example_index"][3:] == -1).all()
+    assert padded.steps_per_epoch == 6 and (padded.indices(padded.steps_per_epoch - 1)[3:] == -1).all()
     assert not last["loss_mask"][3:].any() and (last["example_weight"][3:] == 0).all()
-    seen = np.concatenate([padded.batch(s)["example_index"] for s in range(6)])
+    seen = np.concatenate([padded.indices(s) for s in range(6)])
     assert sorted(seen[seen >= 0]) == list(range(43))
 
 
@@ -480,7 +480,8 @@ def test_batch_order_depends_only_on_seed_and_epoch(encoded):
     a, b = dss.data.StepBatcher(encoded, None, 8, seed=5), dss.data.StepBatcher(encoded, None, 8, seed=5)
     first = [next(a) for _ in range(12)]  # 2 epochs and a bit
     assert all(_same(x, y) for x, y in zip(first, (next(b) for _ in range(12))))
-    epochs = [np.concatenate([f["example_index"] for f in first[e * 5 : (e + 1) * 5]]) for e in (0, 1)]
+    assert all(_same(f, a.batch(s)) for s, f in enumerate(first))  # iteration = batch(step)
+    epochs = [np.concatenate([a.indices(s) for s in range(e * 5, (e + 1) * 5)]) for e in (0, 1)]
     assert all(len(set(e)) == 40 for e in epochs) and not np.array_equal(*epochs)
     np.testing.assert_array_equal(epochs[1], a.order(1)[:40])
     np.testing.assert_array_equal(dss.data.StepBatcher(encoded, None, 8, seed=5).order(1), a.order(1))

@@ -16,7 +16,7 @@ def _gsm8k_rows(split):
         return [json.loads(line) for line in f]
 
 
-@pytest.mark.parametrize("split,count", [("train", 7473), ("test", 1319)])
+@pytest.mark.parametrize("split,count", [("train", 1000), ("test", 500)])  # the bundled, trimmed files
 def test_gsm8k_reference_answers_parse_to_their_final_numbers(split, count):
     rows = _gsm8k_rows(split)
     items = cap.load_gsm8k(str(DATA / "gsm8k"), split=split)

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 import dss.models
-from dss import assets
+from dss import assets, templating
 from dss.eval import policy as policy_module
 from dss.eval import runner
 from dss.eval.config import eval_defaults, resolve
@@ -102,6 +102,7 @@ def _eval_config(config_file, workdir):
 @pytest.fixture(scope="module")
 def evaluated(setup):
     workdir, config_file = setup
+    templating.run_template_vars({}, workdir)  # as the training run records them
     return runner.evaluate(_eval_config(config_file, workdir))
 
 

@@ -208,3 +208,73 @@ def test_full_kl_step_never_materialises_whole_logits():
     program = str(jax.make_jaxpr(jax.grad(loss(chunked)))(params))
     assert f"[{b},{t},{v}]" not in program and f"[{b},256,{v}]" in program
     assert f"[{b},{t},{v}]" in str(jax.make_jaxpr(jax.grad(loss(plain)))(params))
+
+
+# Llama 3.1/3.2 Instruct's date logic: "Today Date" from date_string, else from the clock.
+DATED_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+    "{%- endif %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\n\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\nToday Date: ' + date_string + '\n\n<|eot_id|>' }}"
+    "{%- for m in messages %}"
+    "{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}"
+)
+
+
+def _on_day(monkeypatch, day: str):
+    """Move the clock that both dss and transformers' `strftime_now` read to `day` (YYYY-MM-DD)."""
+    import datetime
+
+    from transformers.utils import chat_template_utils
+
+    from dss import templating
+
+    moment = datetime.datetime.fromisoformat(day + "T23:59:00")
+
+    class FakeDatetime(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return moment
+
+    monkeypatch.setattr(chat_template_utils, "datetime", FakeDatetime)
+    monkeypatch.setattr(templating, "today", lambda: moment.strftime(templating.DATE_FORMAT))
+
+
+@pytest.mark.slow
+def test_resume_on_the_next_day_logs_the_uninterrupted_losses(tmp_path, monkeypatch):
+    """A STAR-DSS run on a dated template, stopped on one day and resumed on the next, trains on the
+    first day's tokens; without the recorded template variables it would not (the control)."""
+    import shutil
+
+    policy = tmp_path / "dated_policy"
+    shutil.copytree(dss.models.checkpoint.resolve_path("tiny:policy"), policy)
+    tok = transformers.AutoTokenizer.from_pretrained(policy)
+    tok.chat_template = DATED_TEMPLATE
+    tok.save_pretrained(policy)
+    overrides = {"model.path": str(policy), "train.epochs": 1, "train.export": False, "train.checkpoint_every": 100}
+
+    _on_day(monkeypatch, "2026-03-01")
+    dss_train.train(tiny_config(**overrides), tmp_path / "straight")
+    reference = losses(tmp_path / "straight")
+    dss_train.train(tiny_config(**overrides, **{"train.max_steps": 2}), tmp_path / "stopped")
+    shutil.copytree(tmp_path / "stopped", tmp_path / "control")
+    (tmp_path / "control" / "template_vars.json").unlink()  # as if nothing had been recorded
+
+    _on_day(monkeypatch, "2026-03-02")
+    assert "02 Mar 2026" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    dss_train.train(tiny_config(**overrides), tmp_path / "stopped")
+    resumed = losses(tmp_path / "stopped")
+    assert sorted(resumed) == sorted(reference) == [1, 2, 3, 4, 5]
+    assert max(abs(resumed[s] - reference[s]) for s in reference) <= 1e-6
+    assert json.loads((tmp_path / "stopped" / "template_vars.json").read_text()) == {"date_string": "01 Mar 2026"}
+
+    dss_train.train(tiny_config(**overrides), tmp_path / "control")
+    control = losses(tmp_path / "control")
+    assert max(abs(control[s] - reference[s]) for s in (3, 4, 5)) > 1e-4  # the prompts carry the other date
+    with pytest.raises(ValueError, match=r"config.template.date_string = '05 May 2026', but .*template_vars.json "
+                                         r"fixed it to '01 Mar 2026'"):
+        dss_train.train(tiny_config(**overrides, **{"template.date_string": "05 May 2026"}), tmp_path / "stopped")

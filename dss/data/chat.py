@@ -4,9 +4,10 @@ The template renders the conversation to text and the fast tokenizer's character
 tokens carry each assistant turn. Templates may alter the turn (Llama 3 `trim`s it), so a turn is
 found as its whitespace-stripped text, right where the template's generation prompt ends when the
 template renders conversations prefix by prefix (most do), else searched after the previous
-message. A trained turn is every token overlapping its text plus the end-of-turn text the template
-writes after it (e.g. `<|eot_id|>`), so the model learns to stop. The text is tokenized without
-the tokenizer's own special tokens: the template already writes BOS, and adding it would double it.
+message. A trained turn is every token overlapping its text plus the end-of-turn token the template
+writes after it (e.g. `<|eot_id|>`), so the model learns to stop; a separator the template writes
+after that token (Gemma 3's and Qwen 2.5's "\n") is not trained. The text is tokenized without the
+tokenizer's own special tokens: the template already writes BOS, and adding it would double it.
 """
 
 from __future__ import annotations
@@ -84,12 +85,33 @@ def _locate(text: str, content: str, start: int) -> tuple[int, int, int] | None:
     return begin, end, lead
 
 
+def _special_tokens(tokenizer) -> list[str]:
+    """The tokenizer's special tokens, longest first: the named ones and every added token marked
+    special (real Llama 3 and Gemma 3 tokenizers list `<|eot_id|>` / `<end_of_turn>` only there)."""
+    names = set(tokenizer.all_special_tokens)
+    names.update(t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special)
+    return sorted((t for t in names if t), key=len, reverse=True)
+
+
+def _through_end_of_turn_token(text: str, end: int, turn_end: int, specials: Sequence[str]) -> int:
+    """Where a trained turn stops: right after the first special token in `text[end:turn_end]` (the
+    end-of-turn token), so that what the template writes after it (Gemma 3's and Qwen 2.5's "\n"
+    before the next turn) is not trained; `turn_end` if that text holds no special token."""
+    first = None
+    for token in specials:  # longest first, so the longest token wins where two start together
+        pos = text.find(token, end, turn_end)
+        if pos >= 0 and (first is None or pos < first[0]):
+            first = (pos, pos + len(token))
+    return first[1] if first else turn_end
+
+
 def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str,
                      template_vars: Mapping) -> list[tuple[int, int, int, int]]:
     """(begin, end, lead, turn_end) of every assistant turn in the rendered `text`; turn_end ends
-    the end-of-turn text after it."""
+    its end-of-turn token."""
     turns, cursor = [], 0
     eos = tokenizer.eos_token or ""
+    specials = _special_tokens(tokenizer)
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             found = _locate(text, m["content"], cursor)
@@ -104,6 +126,7 @@ def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str,
         turn_end = _rendered_prefix(tokenizer, messages[: i + 1], text, False, template_vars)
         if turn_end is None or turn_end < end:  # template renders prefixes differently: end at EOS
             turn_end = end + len(eos) if eos and text.startswith(eos, end) else end
+        turn_end = _through_end_of_turn_token(text, end, turn_end, specials)
         turns.append((begin, end, lead, turn_end))
         cursor = turn_end
     return turns

@@ -4,7 +4,8 @@ Every source becomes rows `{"prompt", "response", "messages", "source", "row"}`:
 whole conversation (system prompt first if any, the response as the final assistant turn), so
 chat formatting needs nothing else; `prompt` is the last user turn, which STAR's guardrail sees as
 the user message. Malformed rows fail loudly with the file and row (0-based), or are dropped and
-counted when the source says `on_bad_row="drop"`.
+counted when the source says `on_bad_row="drop"`; a malformed JSON, JSON-lines or CSV file fails
+with the file and line (1-based, as an editor shows it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import datasets
+
+from dss import checks
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +39,30 @@ def source_name(source: Mapping) -> str:
     return str(source.get("name") or source["path"])
 
 
-def _read(source: Mapping, text_fields: list[str]) -> datasets.Dataset:
-    """The raw rows of a local file (by extension) or, for anything else, `datasets.load_dataset`."""
-    path = str(source["path"])
+def _read(source: Mapping) -> tuple[list, list[str]]:
+    """The raw rows of a source (its first `limit`) and their column names. JSON, JSON-lines and
+    CSV files are parsed here, once (dss.checks), so a malformed one fails as `<path> line N:
+    <reason>` (1-based, as an editor counts) and CSV cells stay text as written ("007", "");
+    parquet files, hub datasets and local dataset directories go through `datasets.load_dataset`."""
+    path, limit = str(source["path"]), int(source.get("limit") or 0) or None
     fmt = FILE_FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:  # hub dataset name or a local dataset directory
-        return datasets.load_dataset(path, source.get("subset"), split=source.get("split") or "train")
-    if not Path(path).is_file():
+    if fmt is not None and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such data file")
-    kwargs = {}
-    if fmt == "csv":  # cells stay text as written ("007", "42"); empty cells are "" not null
-        kwargs = dict(keep_default_na=False, converters={f: str for f in text_fields})
-    return datasets.load_dataset(fmt, data_files=path, split="train", **kwargs)
+    if fmt == "csv":
+        header, *records = checks.read_csv(path) or [[]]
+        return [dict(zip(header, r)) for r in records[:limit]], header
+    if fmt == "json":
+        rows = checks.read_json(path)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects, or one object a line")
+        return rows[:limit], list(dict.fromkeys(k for r in rows if isinstance(r, Mapping) for k in r))
+    if fmt == "parquet":
+        data = datasets.load_dataset("parquet", data_files=path, split="train")
+    else:  # hub dataset name or a local dataset directory
+        data = datasets.load_dataset(path, source.get("subset"), split=source.get("split") or "train")
+    if limit:
+        data = data.select(range(min(limit, len(data))))
+    return data.to_list(), data.column_names
 
 
 def _text(row: Mapping, field: str) -> str:
@@ -79,6 +94,8 @@ def _messages(row: Mapping, field: str) -> list[dict]:
 
 def normalise_row(raw: Mapping, source: Mapping) -> dict:
     """One raw row -> `{"prompt", "response", "messages"}`; BadRow if it cannot be trained on."""
+    if not isinstance(raw, Mapping):  # an item of a JSON list that is not an object
+        raise BadRow(f"a {type(raw).__name__}, not an object with fields")
     messages_field = source.get("messages_field")
     if messages_field:
         messages = _messages(raw, messages_field)
@@ -120,12 +137,10 @@ def load_examples(source: Mapping, stats: dict | None = None) -> list[dict]:
     name = source_name(source)
     fields = ([source["messages_field"]] if source.get("messages_field") else
               [source.get("prompt_field") or "prompt", source.get("response_field") or "response"])
-    data = _read(source, fields)
-    missing = [f for f in fields if f not in data.column_names]
+    data, columns = _read(source)
+    missing = [f for f in fields if f not in columns]
     if missing:
-        raise ValueError(f"{source['path']}: no field {missing[0]!r} in any row (fields: {data.column_names})")
-    if source.get("limit"):
-        data = data.select(range(min(int(source["limit"]), len(data))))
+        raise ValueError(f"{source['path']}: no field {missing[0]!r} in any row (fields: {columns})")
     rows, bad, reasons = [], [], Counter()
     for i, raw in enumerate(data):
         try:

@@ -19,11 +19,11 @@ Sources (a local file/directory, or a hub id read through `datasets`):
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import re
 from pathlib import Path
 
+from dss.checks import read_csv
 from dss.eval.io import column, is_local, read_rows
 
 __all__ = ["HEXPHI_CATEGORIES", "LOADERS", "Record", "load"]
@@ -80,8 +80,7 @@ def advbench(path: str = "walledai/AdvBench", limit: int = 0, trigger: str = "",
 def _hexphi_file(path: Path, category: str | None) -> list[tuple[str, str | None]]:
     """(prompt, category) pairs of one file: a table with a prompt column, or headerless rows."""
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f) if r and r[0].strip()]
+        rows = [r for r in read_csv(path) if r[0].strip()]
         if rows and rows[0][0].strip().lower() not in _PROMPT:  # headerless: one prompt per row
             return [(r[0], category) for r in rows]
     out = []

@@ -8,12 +8,13 @@ cut from the file) when the file is next read, so appends after a resume never g
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from dss.atomic import atomic_file
+from dss.checks import read_csv, read_json
 
 LOCAL_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 
@@ -25,19 +26,20 @@ def is_local(source: str | os.PathLike) -> bool:
 
 def read_rows(source: str | os.PathLike, config: str | None = None, split: str | None = None) -> list[dict]:
     """Rows (dicts) of a local .csv/.json/.jsonl/.parquet file, or of a hub dataset
-    (`datasets.load_dataset(source, config)`, then `split`, or its only split if it has one)."""
+    (`datasets.load_dataset(source, config)`, then `split`, or its only split if it has one).
+    A malformed local file fails as `<path> line N: <reason>` (dss.checks)."""
     if is_local(source):
         path = Path(source).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such file")
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
+            header, *records = read_csv(path) or [[]]
+            return [dict(zip(header, r)) for r in records]
         if suffix == ".jsonl":
-            return read_jsonl(path, repair=False)
+            return read_json(path)
         if suffix == ".json":
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = read_json(path)
             if not isinstance(rows, list):
                 raise ValueError(f"{path}: expected a JSON list of objects")
             return rows
@@ -79,15 +81,7 @@ def read_jsonl(path: str | os.PathLike, repair: bool = True) -> list[dict]:
     elif torn:
         with open(path, "r+b") as f:
             f.truncate(len(data) - len(torn))
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError as e:
-            raise ValueError(f"{path}: line {number} is not valid JSON ({e})") from e
-    return rows
+    return read_json(path, b"\n".join(lines), lines=True)
 
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
@@ -104,19 +98,8 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
     """Write `text` to a temp file next to `path`, fsync it, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, fsync=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Callable
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
+from dss import templating
 from dss.eval import benchmarks, capability
 from dss.eval.config import SAFETY_KINDS, judges, resolve, suite
 from dss.eval.io import append_jsonl, read_jsonl, write_json, write_jsonl
@@ -137,11 +138,13 @@ def _names(model: str, finetuned: bool) -> tuple[str, Path]:
 def evaluate(eval_config: ConfigDict | dict, template_vars: dict | None = None) -> dict:
     """Run (or resume) the evaluation an `eval` config section describes; returns results.json's content.
 
-    `template_vars` go to every chat-template rendering (policy prompts, guardrail judge): the
-    evaluated run's fixed variables (dss.templating), so prompts do not change with the calendar."""
+    `template_vars` go to every chat-template rendering (policy prompts, guardrail judge); None =
+    those recorded by the evaluated training run (dss.templating), so prompts do not change with
+    the calendar."""
     cfg = resolve(eval_config)
-    template_vars = dict(template_vars or {})
     model_path, finetuned = resolve_model(cfg.model)
+    if template_vars is None:
+        template_vars = (templating.recorded(cfg.model) if finetuned else None) or {}
     method, default_outdir = _names(cfg.model, finetuned)
     outdir = Path(cfg.outdir or default_outdir)
     results_file, gen_dir = outdir / "results.json", outdir / "generations"

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -37,6 +35,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from dss.atomic import atomic_file
 from dss.models.transformer import RMSNorm
 
 
@@ -166,16 +165,9 @@ def save_direction(direction: Direction, path) -> Path:
     tensors = {k: np.ascontiguousarray(_to_host(v)) for k, v in direction.tensors.items()}
     if jax.process_index() != 0:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"name": direction.name, "kind": direction.kind, "meta": json.dumps(direction.meta)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -17,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from dss import sharding as shd
+from dss.atomic import atomic_file
 from dss.models.config import ModelConfig
 from dss.models.transformer import Transformer
 
@@ -216,12 +216,15 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
     hf_config["dtype"] = str(next(iter(tensors.values())).dtype)
     hf_config.pop("torch_dtype", None)
     for name, shard in zip(files, shards):
-        _atomic_write(out_dir / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"}))
+        with atomic_file(out_dir / name) as tmp:
+            save_file(shard, str(tmp), metadata={"format": "pt"})
     if len(files) > 1:
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
                  "weight_map": {k: files[i] for i, shard in enumerate(shards) for k in shard}}
-        _atomic_write(out_dir / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
-    _atomic_write(out_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(hf_config, indent=2)))
+        with atomic_file(out_dir / INDEX_FILE) as tmp:
+            tmp.write_text(json.dumps(index, indent=2))
+    with atomic_file(out_dir / "config.json") as tmp:
+        tmp.write_text(json.dumps(hf_config, indent=2))
     for stale in out_dir.glob("model*.safetensors*"):
         if stale.name not in files and not (len(files) > 1 and stale.name == INDEX_FILE):
             stale.unlink()
@@ -234,14 +237,3 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(jax.device_get(x))
-
-
-def _atomic_write(target: Path, write: Callable[[str], object]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,186 @@
+"""Bad input, early and by name: config checks that run before anything is loaded, and file
+readers whose errors say `<file> line N: <reason>`.
+
+A typo in a setting used to surface after the tokenizer, the data, the guardrails and the policy
+were loaded and STAR was scored (minutes to hours on a real run), and a malformed data line as
+`DatasetGenerationError` with no file or line. `check_train_config` / `check_star_config` refuse
+such a config first, each message naming the key; `read_json` / `read_csv` are the one place
+local JSON, JSON-lines and CSV files are parsed or diagnosed (training sources, eval benchmarks).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import functools
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+OBJECTIVES = ("star_dss", "sft", "rs", "deep_token", "kl_only")
+RS_MODES = ("hard", "soft")
+TRAIN_ON = ("last", "all")
+ON_BAD_ROW = ("error", "drop")
+CHUNK_UNITS = ("word", "token")
+STAR_METHODS = ("shared_kv", "naive")
+SCORE_MODES = ("raw", "hf_sampling")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _value(config, key: str):
+    return functools.reduce(lambda node, k: node[k], key.split("."), config)
+
+
+def _one_of(config, key: str, choices, what: str) -> None:
+    value = _value(config, key)
+    if value not in choices:
+        raise ValueError(f"config.{key} = {value!r}: unknown {what}; use one of {', '.join(choices)}")
+
+
+def _positive(config, key: str) -> int:
+    value = _value(config, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"config.{key} = {value!r}: must be a positive integer")
+    return value
+
+
+def _mesh(config, key: str, shape):
+    """The mesh of `shape` on this host's devices (cheap: no arrays), its errors naming `key`."""
+    from dss import sharding
+
+    try:
+        return sharding.make_mesh(*shape)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config.{key} = {tuple(shape)} (data, fsdp, tensor): {err}") from None
+
+
+def _sources(config) -> None:
+    if not list(config.data.sources):
+        raise ValueError("config.data.sources = []: no finetuning data; give at least one source dict with a 'path'")
+    _one_of(config, "data.on_bad_row", ON_BAD_ROW, "bad-row policy")
+
+
+def check_star_config(config, needed_by: str = "python -m dss.star") -> None:
+    """What STAR scoring reads (`dss.star.cached_score`): data sources, at least one guardrail, its
+    kind, chunking, method, score mode, budget and mesh; `needed_by` says who wants STAR."""
+    from dss.guardrails import KINDS
+
+    _sources(config)
+    g = config.guardrail
+    if not isinstance(g.paths, (list, tuple)) or not g.paths or not all(isinstance(p, str) and p for p in g.paths):
+        raise ValueError(f"config.guardrail.paths = {g.paths!r}: {needed_by} scores the data with STAR, which "
+                         "needs a list of one or more guardrails (HF directories or hub ids)")
+    _one_of(config, "guardrail.kind", ("auto", *KINDS), "guardrail kind")
+    _one_of(config, "star.chunk_unit", CHUNK_UNITS, "chunk unit")
+    _positive(config, "star.chunk_size")
+    _one_of(config, "star.method", STAR_METHODS, "STAR method")
+    _one_of(config, "star.score_mode", SCORE_MODES, "STAR score mode")
+    _positive(config, "star.token_budget")
+    if g.mesh:
+        _mesh(config, "guardrail.mesh", g.mesh)
+
+
+def check_train_config(config) -> None:
+    """Every setting `dss.train.train` can find wrong, checked before the tokenizer, data, STAR or
+    model is loaded (call it after `jax.distributed.initialize`: it builds the mesh)."""
+    from dss.objectives import KL_ESTIMATORS
+    from dss.train import NEEDS_STAR  # imported here: dss.train imports this module
+
+    _one_of(config, "objective.name", OBJECTIVES, "objective")
+    _one_of(config, "objective.kl_estimator", KL_ESTIMATORS, "KL estimator")
+    _one_of(config, "objective.rs_mode", RS_MODES, "rs mode")
+    _one_of(config, "data.train_on", TRAIN_ON, "train_on")
+    if not config.model.path:
+        raise ValueError("config.model.path = '': give the policy to finetune (HF directory or hub id)")
+    _sources(config)
+    if config.objective.name in NEEDS_STAR:
+        check_star_config(config, f"objective {config.objective.name!r}")
+    global_batch, micro_batch = _positive(config, "train.global_batch"), _positive(config, "train.micro_batch")
+    if global_batch % micro_batch:
+        raise ValueError(f"config.train.global_batch = {global_batch}: not a multiple of config.train.micro_batch = "
+                         f"{micro_batch} (each step accumulates global_batch / micro_batch micro-batches)")
+    m = config.mesh
+    mesh = _mesh(config, "mesh", (m.data, m.fsdp, m.tensor))
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if global_batch % shards:
+        raise ValueError(f"config.train.global_batch = {global_batch}: the batch is split over the mesh's data x fsdp "
+                         f"= {mesh.shape['data']} x {mesh.shape['fsdp']} devices (config.mesh, {len(mesh.devices.flat)} "
+                         f"devices in all); use a multiple of {shards}")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _decode(path, data: bytes) -> str:
+    """UTF-8 text (a leading byte-order mark dropped); bad bytes refused at their line and column."""
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line, column = data.count(b"\n", 0, err.start) + 1, err.start - data.rfind(b"\n", 0, err.start)
+        raise ValueError(f"{path} line {line}: byte 0x{data[err.start]:02x} at column {column} is not UTF-8 text") from None
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _json_lines(path, text: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {number}: not valid JSON: {err.msg} (column {err.colno})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} line {number}: {_JSON_TYPES[type(value)]}, not a JSON object (one object a line)")
+        rows.append(value)
+    return rows
+
+
+def read_json(path: str | os.PathLike, data: bytes | None = None, lines: bool | None = None) -> Any:
+    """The objects of a JSON-lines file (`lines`, default: a .jsonl name; blank lines skipped) or
+    the value of a JSON file; a .json file holding several values is read as JSON lines, as
+    `datasets` does. `data`: the file's bytes if already read. Errors: `<path> line N: <reason>`."""
+    text = _decode(path, Path(path).read_bytes() if data is None else data)
+    if lines is None:
+        lines = Path(path).suffix.lower() == ".jsonl"
+    if not lines:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            if err.msg != "Extra data":
+                raise ValueError(f"{path} line {err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
+    return _json_lines(path, text)
+
+
+def _fields(n: int) -> str:
+    return f"{n} field" if n == 1 else f"{n} fields"
+
+
+def read_csv(path: str | os.PathLike) -> list[list[str]]:
+    """The records of a CSV file (the header, if it has one, first), every cell the text as
+    written; blank lines are skipped. Every record must have as many fields as the first: a ragged
+    row, broken quoting or non-UTF-8 bytes is refused as `<path> line N: <reason>`, N the line the
+    record starts on."""
+    reader = csv.reader(io.StringIO(_decode(path, Path(path).read_bytes()), newline=""), strict=True)
+    records, width, start = [], None, 1
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return records
+        except csv.Error as err:
+            raise ValueError(f"{path} line {start}: bad quoting ({err})") from None
+        if record:
+            width = len(record) if width is None else width
+            if len(record) != width:
+                raise ValueError(f"{path} line {start}: {_fields(len(record))}, but the first row has {_fields(width)}")
+            records.append(record)
+        start = reader.line_num + 1
