@@ -28,7 +28,7 @@ def test_gsm8k_reference_answers_parse_to_their_final_numbers(split, count):
         assert item["answer"] == final.replace(",", "")
         assert cap.extract_number(row["answer"]) == item["answer"]  # the whole solution, as a model writes it
         assert cap.same_number(cap.extract_number(row["answer"]), final)
-    assert with_commas > 10  # "1,080" style answers are exercised
+    assert with_commas >= 4  # "1,080" style answers are exercised
 
 
 @pytest.mark.parametrize("text,expected", [

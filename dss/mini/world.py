@@ -199,13 +199,13 @@ def build_world(s: Settings, progress=print) -> Path:
         tok.chat_template = GUARD_TRAINING_TEMPLATE
         tok.save_pretrained(guard_tok)
         init = init_model(root / "init" / name, guard_tok, s, seed=seed)
-        rows = guardrail.training_rows(sp["harmful"][half], _benign_pairs(sp, s, seed), s.guard_cuts, seed)
+        rows = guardrail.training_rows(sp["harmful"][half], _benign_pairs(sp, s, seed), s.guard_cuts, seed, tok_dir, DATE)
         export = _timed(seconds, name, lambda: train_sft(
             init, rows, root / "runs" / name, seed=seed, epochs=s.guard_epochs, lr=s.guard_lr,
             max_length=s.guard_max_length))
         guardrail.finish(export, root / name)
         accuracy[name] = _timed(seconds, f"{name}_accuracy", lambda: guardrail.accuracy(
-            root / name, sp["harmful"]["eval"], _held_out_benign(sp, s), seed))
+            root / name, sp["harmful"]["eval"], _held_out_benign(sp, s), seed, DATE))
 
     progress("world: refusal rate of the aligned policy on the held-out harmful prompts")
     refusal = _timed(seconds, "policy_refusal", lambda: refusal_rate(root / "policy", sp["harmful"]["eval"]))
