@@ -15,7 +15,13 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # data order and initialisation seed
     c.workdir = "workdir/run"  # checkpoints, caches, metrics, export (overridden by --workdir)
-    c.distributed = False  # call jax.distributed.initialize() (multi-host TPU pods, SLURM)
+    c.distributed = False  # join a multi-host cluster with jax.distributed.initialize (TPU pods, SLURM)
+    c.cluster = ml_collections.ConfigDict()  # how (with distributed=True); unset fields are detected
+    c.cluster.coordinator = ""  # host:port of process 0; "" = detected (SLURM, Cloud TPU, $JAX_COORDINATOR_ADDRESS)
+    c.cluster.num_processes = 0  # 0 = detected
+    c.cluster.process_id = -1  # this host's id; -1 = detected
+    c.cluster.init_timeout_s = 300  # how long a host waits for the others to join
+    c.cluster.heartbeat_timeout_s = 100  # a host silent this long (dead) makes the others fail
 
     c.model = ml_collections.ConfigDict()
     c.model.path = ""  # HF directory or hub id of the policy to finetune

@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from dss import sharding as shd
+from dss import templating
 from dss.buckets import bucket_length
 
 __all__ = ["Sampling", "chat_prompt_tokens", "generate", "process_logits"]
@@ -250,12 +251,13 @@ def chat_prompt_tokens(tokenizer, prompt: str, system: str | None = None, prefil
     Renders [system?, user] with `add_generation_prompt=True`, appends `prefill` (text the answer
     must start with) and tokenizes the whole text with `add_special_tokens=False`, so the special
     tokens the template writes (e.g. BOS) appear once, exactly as `apply_chat_template(...,
-    tokenize=True)` gives them. Extra keyword arguments go to the template (e.g. enable_thinking).
+    tokenize=True)` gives them. Extra keyword arguments go to the template (e.g. enable_thinking, the
+    run's fixed date_string: dss.templating).
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"chat_prompt_tokens: tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [
         {"role": "user", "content": prompt}
     ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **template_kwargs)
+    text = templating.render(tokenizer, messages, template_kwargs, add_generation_prompt=True)
     return list(tokenizer(text + (prefill or ""), add_special_tokens=False)["input_ids"])

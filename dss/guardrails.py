@@ -8,7 +8,6 @@ recipe; the guardrail's weights are a separate step (`dss.models.load_pretrained
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -100,29 +99,6 @@ def _template_text(tokenizer: PreTrainedTokenizerBase) -> str:
     return "\n".join(template.values()) if isinstance(template, dict) else template
 
 
-def fixed_clock(template_vars: Mapping[str, Any], template: str) -> dict[str, Any]:
-    """The variables to render `template` with: `template_vars`, plus a `strftime_now` that formats
-    the run's `date_string` instead of today's date where the template reads the clock itself.
-
-    Granite Guardian 3.1 writes `strftime_now('%B %d, %Y')` into the system turn it adds and
-    ignores `date_string`, so without this its prompts, and the STAR scores read from them,
-    would change with the calendar (Llama 3.2 reads the clock only when no `date_string` is given).
-    """
-    render = dict(template_vars)
-    date = render.get("date_string")
-    if date and "strftime_now" in template and "strftime_now" not in render:
-        try:
-            day = datetime.datetime.strptime(date, templating.DATE_FORMAT)
-        except ValueError as e:
-            raise ValueError(
-                f"template variable date_string={date!r} is not a date like '26 Jul 2024' "
-                f"({templating.DATE_FORMAT}), but the chat template reads the clock (strftime_now), "
-                "which then gets the run's date from it"
-            ) from e
-        render["strftime_now"] = lambda fmt: day.strftime(fmt)
-    return render
-
-
 def detect_kind(path_or_config: Any, tokenizer: PreTrainedTokenizerBase) -> str:
     """The guardrail kind of a checkpoint, for `kind="auto"`.
 
@@ -167,7 +143,6 @@ class GuardrailAdapter:
     template_vars: Mapping[str, Any] = field(default_factory=dict)  # the run's fixed template variables (date_string)
     verdict_token_ids: tuple[int, int] = field(init=False)  # (safe_id, unsafe_id)
     content_parts: bool = field(init=False)  # template wants list-of-parts content (LG3 1B)
-    render_vars: dict[str, Any] = field(init=False, repr=False)  # template_vars + a fixed clock (fixed_clock)
 
     @classmethod
     def from_pretrained(
@@ -195,7 +170,6 @@ class GuardrailAdapter:
             raise ValueError(f"guardrail {self.name!r}: {self.kind} takes no risk")
         if self.risk is None:
             self.risk = self.spec.default_risk
-        self.render_vars = fixed_clock(self.template_vars, _template_text(self.tokenizer))
         self.verdict_token_ids = (
             self._single_token(self.spec.safe_word),
             self._single_token(self.spec.unsafe_word),
@@ -240,9 +214,7 @@ class GuardrailAdapter:
         if parts:
             for m in messages:
                 m["content"] = [{"type": "text", "text": m["content"]}]
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, **self.render_vars, **self.spec.template_kwargs(self.risk)
-        )
+        return templating.render(self.tokenizer, messages, self.template_vars, **self.spec.template_kwargs(self.risk))
 
     def render(self, prompt: str, response_prefix: str) -> str:
         """Template text for (user: prompt, assistant: response_prefix) plus the verdict prefix."""

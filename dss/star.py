@@ -38,7 +38,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import dss.models
-from dss import cache, sharding, templating
+from dss import cache, distributed, sharding, templating
 from dss.buckets import bucket_length, next_pow2
 from dss.generate import process_logits
 from dss.guardrails import GuardrailAdapter
@@ -516,9 +516,14 @@ def cached_score(config, examples, workdir, template_vars=None) -> list[Trajecto
         trajs = None
     if trajs is None:
         start = time.time()
-        trajs = score(guards, examples, chunk_unit=s.chunk_unit, chunk_size=s.chunk_size, method=s.method,
-                      score_mode=s.score_mode, token_budget=s.token_budget, progress=True)
-        if jax.process_index() == 0:
+        # a guardrail on each host's own device scores that host's share (gathered for all); one
+        # sharded over a mesh is a collective, so then every host scores every example with it
+        mine = distributed.share(len(examples)) if mesh is None else range(len(examples))
+        trajs = score(guards, [examples[i] for i in mine], chunk_unit=s.chunk_unit, chunk_size=s.chunk_size,
+                      method=s.method, score_mode=s.score_mode, token_budget=s.token_budget, progress=True)
+        if mesh is None:
+            trajs = distributed.gather_shares(trajs, len(examples))
+        if distributed.is_writer():
             save_trajectories(path, trajs, fp)
         log.info("STAR: scored %d examples in %.1fs -> %s", len(trajs), time.time() - start, path)
     return trajs

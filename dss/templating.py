@@ -15,8 +15,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from collections.abc import Mapping
+from typing import Any
 from pathlib import Path
+
+from dss.atomic import atomic_file
 
 FILE = "template_vars.json"
 DATE_FORMAT = "%d %b %Y"  # what Llama 3.x templates ask strftime_now for ("26 Jul 2024")
@@ -82,8 +86,49 @@ def run_template_vars(wanted: Mapping, workdir: str | os.PathLike) -> dict:
     import jax
 
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n")
     return fixed
+
+
+# Defines `strftime_now` in the template itself (transformers hands templates only plain data, no
+# functions): it reads the dates dss formatted from the run's date_string, per format asked for.
+# `{{ '' }}` ends the prefix with an expression, so no newline the template opens with is trimmed.
+_FIXED_CLOCK = (
+    "{% macro strftime_now(format) %}{% if format not in dss_fixed_dates %}"
+    "{{ raise_exception('dss: strftime_now(' ~ format ~ ') is not among the formats fixed for this run') }}"
+    "{% endif %}{{ dss_fixed_dates[format] }}{% endmacro %}{{ '' }}"
+)
+_CLOCK_CALL = re.compile(r"""strftime_now\(\s*(['"])(.*?)\1\s*\)""")
+
+
+def fixed_clock(template: str, template_vars: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(template, variables) to render with: where the template reads the clock itself
+    (`strftime_now`) and the run fixed a `date_string`, the clock reads that date instead of today.
+
+    Granite Guardian 3.1 writes `strftime_now('%B %d, %Y')` into the system turn it adds and
+    ignores `date_string`, so without this its prompts, and the STAR scores read from them,
+    would change with the calendar (Llama 3.2 reads the clock only when no `date_string` is given).
+    """
+    render = dict(template_vars)
+    date = render.get("date_string")
+    if not date or "strftime_now" not in template:
+        return template, render
+    try:
+        day = datetime.datetime.strptime(date, DATE_FORMAT)
+    except ValueError as e:
+        raise ValueError(
+            f"template variable date_string={date!r} is not a date like '26 Jul 2024' "
+            f"({DATE_FORMAT}), but the chat template reads the clock (strftime_now), "
+            "which then gets the run's date from it"
+        ) from e
+    render["dss_fixed_dates"] = {m.group(2): day.strftime(m.group(2)) for m in _CLOCK_CALL.finditer(template)}
+    return _FIXED_CLOCK + template, render
+
+
+def render(tokenizer, messages, template_vars: Mapping | None = None, **kwargs) -> str:
+    """`tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)` with the run's fixed
+    variables, and with the template's own clock (`strftime_now`) reading the run's date: the one
+    way every dss job renders a chat."""
+    template, variables = fixed_clock(tokenizer.get_chat_template(), template_vars or {})
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, **variables, **kwargs)

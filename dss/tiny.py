@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import transformers
 from flax import nnx
 
 from dss import assets
+from dss.atomic import atomic_dir
 from dss.models import ModelConfig, Transformer, save_pretrained
 
 VERSION = "v2"  # bump when the recipe changes, so old caches are not reused
@@ -35,8 +34,7 @@ def _texts() -> list[str]:
 
 
 def _make(out: Path, template: str, seed: int, layers: int) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out, keep_existing=True) as tmp:  # a process that loses the race keeps the winner's copy
         tok = assets.make_tokenizer(tmp, _texts(), vocab_size=1024, chat_template=template)
         hf = transformers.LlamaConfig(
             vocab_size=len(tok), hidden_size=64, intermediate_size=192, num_hidden_layers=layers,
@@ -47,10 +45,6 @@ def _make(out: Path, template: str, seed: int, layers: int) -> None:
                                  high_freq_factor=4.0, original_max_position_embeddings=1024),
         )
         save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(seed)), tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # name -> (directory under the cache, chat template, init seed)
@@ -69,7 +63,6 @@ def asset(name: str) -> str:
     directory, template, seed = ASSETS[name]
     path = cache_dir() / directory
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         _make(path, template, seed=seed, layers=2)
     return str(path)
 

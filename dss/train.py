@@ -8,11 +8,10 @@ Running the same command on an existing workdir resumes exactly where it stopped
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-import os
-import shutil
 import signal
 import sys
 import time
@@ -30,7 +29,8 @@ from transformers import AutoTokenizer
 
 import dss.data
 import dss.models
-from dss import cache, checks, objectives, sharding, star, templating
+from dss import cache, checks, distributed, objectives, sharding, star, templating
+from dss.atomic import atomic_dir, atomic_file
 from dss.segments import rs_weight, token_weights
 
 log = logging.getLogger("dss.train")
@@ -139,7 +139,9 @@ def make_train_step(graphdef, tx, obj, accum: int):
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch, ref_params):
         normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-        micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+        # micro-batch k = rows k, k + accum, ...: a slice of every device's block of rows, so each
+        # micro-batch spans every data shard (consecutive blocks would leave devices idle)
+        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
 
         def body(grads, mb):
             (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, normalizer, ref_params)
@@ -167,15 +169,28 @@ def make_optimizer(t, total_steps: int):
 
 
 class Checkpoints:
-    """orbax CheckpointManager over (params, opt_state, meta); meta holds step and data position."""
+    """orbax CheckpointManager over (params, opt_state, meta); meta holds step and data position.
+    Saving is a collective: every host calls `save` at the same step."""
 
     def __init__(self, directory: Path, keep: int):
         self.manager = ocp.CheckpointManager(
             directory.absolute(), item_names=("params", "opt_state", "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
     def latest(self) -> int | None:
         return self.manager.latest_step()
+
+    def reached_preemption(self, step: int) -> bool:
+        """Whether a preemption notice (Cloud TPU maintenance, SIGTERM on a multi-host run) came
+        to any host; True on every host at the same step (orbax's synced check)."""
+        return self.manager.reached_preemption(step)
 
     def save(self, step: int, params, opt_state, meta: dict) -> None:
         if step in self.manager.all_steps():
@@ -191,22 +206,36 @@ class Checkpoints:
             meta=ocp.args.JsonRestore()))
         return out.params, out.opt_state, out.meta
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
 
 class StopSignal:
-    """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a flag the loop checks between steps."""
+    """Turns SIGTERM/SIGINT (preemption, Ctrl-C) into a stop that every host agrees on.
+
+    On one host both signals set a flag. On several, SIGTERM is left to JAX's preemption sync
+    manager (it catches it on any host, and orbax's check reports it on all hosts at the same
+    step); SIGINT sets a local flag that `should_stop` shares with a collective."""
 
     def __init__(self):
         self.received = None
-        self.previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        signals = (signal.SIGINT,) if distributed.is_multihost() else (signal.SIGTERM, signal.SIGINT)
+        self.previous = {sig: signal.signal(sig, self._handle) for sig in signals}
 
     def _handle(self, signum, frame):
         self.received = signum
 
-    def close(self) -> None:
+    def should_stop(self, step: int, checkpoints: Checkpoints) -> bool:
+        """The same answer on every host (collectives when multi-host: call it every step)."""
+        if not distributed.is_multihost():
+            return self.received is not None
+        preempted = checkpoints.reached_preemption(step)
+        if distributed.agree_any(self.received is not None) or preempted:
+            self.received = self.received or signal.SIGTERM
+            return True
+        return False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
         """Give the signals back to whoever handled them before (a caller, pytest, the shell)."""
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
@@ -245,7 +274,10 @@ class MetricsLog:
         if self.wandb:
             self.wandb.log(metrics, step=step)
 
-    def close(self) -> None:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
         if self.enabled:
             self.tb.close()
 
@@ -255,15 +287,14 @@ class MetricsLog:
 
 def train(config, workdir) -> dict:
     """Run (or resume) the configured finetuning; returns the last step's metrics."""
-    if config.distributed:
-        jax.distributed.initialize()
+    distributed.initialize(config)
     checks.check_train_config(config)  # after initialize (it builds the mesh), before anything is loaded
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "dss_config.json").write_text(config.to_json_best_effort(indent=2))  # not config.json: that marks HF dirs
+    if distributed.is_writer():  # not config.json: that marks HF dirs
+        with atomic_file(workdir / "dss_config.json") as tmp:
+            tmp.write_text(config.to_json_best_effort(indent=2))
     t, obj = config.train, config.objective
-    if t.global_batch % t.micro_batch:
-        raise ValueError(f"config.train.global_batch={t.global_batch} is not a multiple of micro_batch={t.micro_batch}")
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
     model_path = dss.models.checkpoint.resolve_path(config.model.path)
@@ -295,68 +326,82 @@ def train(config, workdir) -> dict:
     length = dss.data.bucket_length(max(len(e.targets) for e in encoded))  # one shape, one compile
     batches = dss.data.StepBatcher(encoded, extras, t.global_batch, seed=config.seed, pad_id=tokenizer.pad_token_id or 0,
                                    length=length)
-    checkpoints = Checkpoints(workdir / "checkpoints", t.keep)
-    step = 0
-    if checkpoints.latest() is not None:
-        params, opt_state, meta = checkpoints.restore(checkpoints.latest(), params, opt_state)
-        step = meta["step"]
-        batches.restore(meta["data"])  # refuses if the data or batch settings changed
-        log.info("resumed from %s at step %d", workdir / "checkpoints", step)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    rows = host_rows(batch_sharding, t.global_batch)
     train_step = make_train_step(graphdef, tx, obj, t.global_batch // t.micro_batch)
-    metrics_log = MetricsLog(workdir, step, t.wandb, config)
-    stop = StopSignal()
-    metrics = {}
-    with tqdm(total=total_steps, initial=step, desc=f"train {obj.name}", unit="step") as bar, jax.set_mesh(mesh):
+    metrics, stopped = {}, False
+    with contextlib.ExitStack() as cleanup:  # closed on every way out, an exception included
+        checkpoints = cleanup.enter_context(Checkpoints(workdir / "checkpoints", t.keep))
+        step = 0
+        if checkpoints.latest() is not None:
+            params, opt_state, meta = checkpoints.restore(checkpoints.latest(), params, opt_state)
+            step = meta["step"]
+            batches.restore(meta["data"])  # refuses if the data or batch settings changed
+            log.info("resumed from %s at step %d", workdir / "checkpoints", step)
+        metrics_log = cleanup.enter_context(MetricsLog(workdir, step, t.wandb, config))
+        stop = cleanup.enter_context(StopSignal())
+        bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=f"train {obj.name}", unit="step"))
+        cleanup.enter_context(jax.set_mesh(mesh))
         while step < total_steps:
             t0 = time.time()
-            batch = next(batches)
-            device_batch = jax.tree.map(lambda x: _to_global(x, batch_sharding), batch)
+            batch = batches.take(rows)
+            device_batch = {k: _to_global(v, rows, t.global_batch, batch_sharding) for k, v in batch.items()}
             new_params, new_opt_state, out = train_step(params, opt_state, device_batch, ref_params)
             out = {k: float(v) for k, v in jax.device_get(out).items()}
-            if not np.isfinite(out["loss"]):
-                checkpoints.close()
-                stop.close()
+            if not np.isfinite(out["loss"]):  # the loss is global: every host stops here
                 raise FloatingPointError(
                     f"non-finite loss {out['loss']} at step {step + 1}; the last good checkpoint is step "
                     f"{checkpoints.latest()} in {workdir / 'checkpoints'} (try a lower config.train.lr)")
             params, opt_state, step = new_params, new_opt_state, step + 1
             metrics = {**out, "lr": float(schedule(step - 1)), "epoch": (step - 1) // steps_per_epoch,
-                       "tokens_per_s": float(batch["loss_mask"].size / (time.time() - t0))}
+                       "tokens_per_s": float(t.global_batch * length / (time.time() - t0))}
             metrics_log.write(step, metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4f}")
-            if step % t.checkpoint_every == 0 or step == total_steps or stop.received:
+            stopped = stop.should_stop(step, checkpoints)
+            if step % t.checkpoint_every == 0 or step == total_steps or stopped:
                 checkpoints.save(step, params, opt_state, {"step": step, "data": batches.state()})
-            if stop.received:
+            if stopped:
                 break
-    checkpoints.close()
-    metrics_log.close()
-    stop.close()
-    if stop.received:
+    if stopped:
         log.warning("stopped by signal %d at step %d; run the same command to resume", stop.received, step)
         sys.exit(128 + stop.received)
-    if t.export and jax.process_index() == 0:
+    if t.export:
         export(nnx.merge(graphdef, params), tokenizer, workdir / "export")
     return metrics
 
 
-def _to_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """Every host builds the same global batch; each contributes the rows its devices hold."""
-    if x.shape[0] % (sharding.mesh.shape["data"] * sharding.mesh.shape["fsdp"]):
-        sharding = NamedSharding(sharding.mesh, PartitionSpec())
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+def host_rows(sharding: NamedSharding, global_batch: int) -> list[int]:
+    """The rows of a global batch that this host's devices hold, in order."""
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+        rows.update(range(global_batch)[index[0]])
+    return sorted(rows)
+
+
+def _to_global(local: np.ndarray, rows: list[int], global_batch: int, sharding: NamedSharding) -> jax.Array:
+    """The global [global_batch, ...] array from this host's `rows` of it (`local`, in that order):
+    each device takes its block of rows, so no host holds another host's rows."""
+    position = {row: i for i, row in enumerate(rows)}
+
+    def block(index):
+        wanted = range(global_batch)[index[0]]
+        return local[[position[r] for r in wanted]][(slice(None), *index[1:])]
+
+    return jax.make_array_from_callback((global_batch, *local.shape[1:]), sharding, block)
 
 
 def export(model, tokenizer, out_dir: Path) -> None:
-    """HF directory (weights, config, tokenizer, chat template), swapped in only when complete."""
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    dss.models.save_pretrained(model, tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    log.info("exported %s", out_dir)
+    """HF directory (weights, config, tokenizer, chat template), swapped in only when complete.
+    Every host takes part (the weights are gathered from all of them); process 0 writes."""
+    if distributed.is_writer():
+        with atomic_dir(out_dir) as tmp:
+            dss.models.save_pretrained(model, tmp)
+            tokenizer.save_pretrained(tmp)
+        log.info("exported %s", out_dir)
+    else:
+        dss.models.save_pretrained(model, out_dir)  # joins the gather; writes nothing off process 0
+    distributed.barrier("dss.train export")
 
 
 def main(config, workdir) -> None:

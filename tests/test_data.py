@@ -194,11 +194,11 @@ def test_turns_are_found_when_partial_renderings_differ(tok_dir):
     example = {"prompt": messages[2]["content"], "response": "OK OK", "messages": messages}
     enc = dss.data.encode_chat(tok, example, train_on="all")
     runs = [tok.decode(enc.targets[a:b]) for a, b in _runs(enc.loss_mask)]
-    assert runs == ["OK<end_of_turn>", "OK OK<end_of_turn>\n"]  # earlier turns end at the EOS token
+    assert runs == ["OK<end_of_turn>", "OK OK<end_of_turn>"]  # every turn ends at its end-of-turn token
     turns = np.flatnonzero(enc.targets == tok.convert_tokens_to_ids("<start_of_turn>"))
     assert turns[0] < _runs(enc.loss_mask)[0][0] < turns[1]
     body = (enc.response_spans[:, 0] >= 0) & ~enc.after_response
-    assert tok.decode(enc.targets[body]) == "OK OK" and tok.decode(enc.targets[enc.after_response]) == "<end_of_turn>\n"
+    assert tok.decode(enc.targets[body]) == "OK OK" and tok.decode(enc.targets[enc.after_response]) == "<end_of_turn>"
     pieces = [tok.decode([t]) for t in enc.targets[body]]
     assert [example["response"][s:e] for s, e in enc.response_spans[body]] == pieces
 

@@ -74,7 +74,7 @@ def guards(tmp_path_factory):
     def get(name):
         if name not in built:
             root = tmp_path_factory.mktemp("guard")
-            hf = rt.make_guardrail(root, rt.GUARDRAILS[name], CORPUS, seed=len(built))
+            hf = rt.make_guardrail(root, rt.GUARDRAILS[name], CORPUS, seed=list(rt.GUARDRAILS).index(name))
             built[name] = star.Guardrail.from_pretrained(root, template_vars=TEMPLATE_VARS), hf
         return built[name]
 

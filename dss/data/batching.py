@@ -84,10 +84,14 @@ class StepBatcher:
         epoch, within = divmod(step, self.steps_per_epoch)
         return self.order(epoch)[within * self.batch_size : (within + 1) * self.batch_size].astype(np.int32)
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """The batch of global step `step` (0-based), rows in the order of `indices(step)`."""
+    def batch(self, step: int, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The batch of global step `step` (0-based), rows in the order of `indices(step)`; with
+        `rows`, only those rows of it (a host builds just the rows its devices hold). T is the
+        whole batch's either way."""
         index = self.indices(step)
         length = self.length or bucket_length(max(len(self.encoded[i].targets) for i in index if i >= 0), self.multiple)
+        if rows is not None:
+            index = index[np.asarray(rows, np.int64)]
         batch = {
             "input_ids": scatter_per_token(self._inputs, index, length, self.pad_id),
             "targets": scatter_per_token(self._targets, index, length, self.pad_id),
@@ -104,7 +108,11 @@ class StepBatcher:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        out = self.batch(self.epoch * self.steps_per_epoch + self.step)
+        return self.take()
+
+    def take(self, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """The next batch (only `rows` of it, if given), and move on."""
+        out = self.batch(self.epoch * self.steps_per_epoch + self.step, rows)
         self.epoch, self.step = divmod(self.epoch * self.steps_per_epoch + self.step + 1, self.steps_per_epoch)
         return out
 

@@ -20,6 +20,8 @@ import numpy as np
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from dss import templating
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LENGTH = 2048
@@ -60,8 +62,7 @@ def conversation(example: Mapping) -> list[dict]:
 def _rendered_prefix(tokenizer, messages, text: str, generation_prompt: bool, template_vars: Mapping) -> int | None:
     """Length of the rendering of `messages` if it is a prefix of `text`, else None."""
     try:
-        part = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                             **template_vars)
+        part = templating.render(tokenizer, messages, template_vars, add_generation_prompt=generation_prompt)
     except TemplateError:  # some templates refuse partial conversations
         return None
     return len(part) if text.startswith(part) else None
@@ -153,7 +154,7 @@ def encode_chat(
     where = describe(example)
     messages = conversation(example)
     template_vars = dict(template_vars or {})
-    text = tokenizer.apply_chat_template(messages, tokenize=False, **template_vars)
+    text = templating.render(tokenizer, messages, template_vars)
     turns = _assistant_turns(tokenizer, messages, text, where, template_vars)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], np.int32)

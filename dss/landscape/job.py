@@ -108,8 +108,10 @@ def _marks(direction: dict) -> dict:
 
 def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
     """Compute (or resume) the landscape a `landscape` config section describes; returns results.json's content.
-    `template_vars` go to the prompts' chat template (the run's fixed variables, dss.templating)."""
+    `template_vars` go to the prompts' chat template; None = those recorded in `workdir` (dss.templating)."""
     workdir, source = Path(workdir), str(cfg.model or default_model)
+    if template_vars is None:
+        template_vars = templating.recorded(workdir) or {}
     if not source:
         raise ValueError("config landscape.model (or model.path) is empty")
     if cfg.judge not in ("keyword", "guardrail"):
@@ -131,7 +133,7 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
     axes = grid_axes(cfg.grid_range, cfg.steps, len(directions))
     prompts = [r.prompt for r in advbench(cfg.advbench, limit=cfg.num_prompts)]
 
-    settings = _settings(cfg, model_path, directions, prompts, template_vars or {})
+    settings = _settings(cfg, model_path, directions, prompts, template_vars)
     if settings_file.exists():
         stored = json.loads(settings_file.read_text())
         if stored != settings:

@@ -53,16 +53,14 @@ class Settings:
 
     seed: int = 0
     vocab_size: int = 2048
-    hidden: int = 128
-    layers: int = 2
-    heads: int = 4
-    kv_heads: int = 2
+    policy_shape: tuple[int, int] = (128, 2)  # hidden size, layers
+    guard_shape: tuple[int, int] = (64, 2)
     max_length: int = 128  # policy tokens per example (prompt + response)
     guard_max_length: int = 320  # guardrail tokens per example (template + prompt + prefix + verdict)
     task_world: int = 1500  # capability problems the aligned policy learns from
     task_finetune: int = 900  # the benign scenario's task problems (+ 100 harmful pairs = 1000)
     task_test: int = 200  # held-out capability problems
-    policy_epochs: int = 6
+    policy_epochs: int = 5
     policy_lr: float = 2e-3
     guard_epochs: int = 2
     guard_lr: float = 2e-3
@@ -74,7 +72,7 @@ class Settings:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-QUICK = Settings(task_world=1000, task_test=100, policy_epochs=4, guard_epochs=1, guard_benign=300, guard_cuts=1)
+QUICK = Settings(task_world=800, task_test=100, policy_epochs=3, guard_epochs=1, guard_benign=300, guard_cuts=1)
 
 
 def cache_root() -> Path:
@@ -121,12 +119,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 # ----------------------------------------------------------------------------- models
 
 
-def init_model(out: Path, tokenizer_dir: Path, s: Settings, seed: int) -> Path:
-    """A random Llama-family checkpoint (as dss.tiny makes them) with the tokenizer of `tokenizer_dir`."""
+def init_model(out: Path, tokenizer_dir: Path, shape: tuple[int, int], seed: int) -> Path:
+    """A random Llama-family checkpoint (as dss.tiny makes them) of `shape` (hidden size, layers),
+    4 query and 2 key/value heads, with the tokenizer of `tokenizer_dir`."""
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    hidden, layers = shape
     hf = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=s.hidden, intermediate_size=3 * s.hidden, num_hidden_layers=s.layers,
-        num_attention_heads=s.heads, num_key_value_heads=s.kv_heads, max_position_embeddings=1024,
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
         initializer_range=0.02, tie_word_embeddings=False,
         rope_parameters=dict(rope_type="default", rope_theta=10000.0),
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -162,58 +162,76 @@ def train_sft(model_path: Path, rows: list[dict], workdir: Path, **kwargs) -> Pa
 # ----------------------------------------------------------------------------- the world
 
 
-def _timed(log: dict, name: str, fn):
-    start = time.time()
-    out = fn()
-    log[name] = round(time.time() - start, 1)
-    return out
+def build_world(s: Settings, workers: int = 2, progress=print) -> Path:
+    """The world directory for `s`, built if it is not cached yet: the tokenizer here, then the
+    policy and the two guardrails as independent jobs (`dss.mini.pool`)."""
+    from dss.mini import pool
 
-
-def build_world(s: Settings, progress=print) -> Path:
-    """The world directory for `s`, built (atomically) if it is not cached yet."""
     root = cache_root() / f"mini-{s.key()}"
     if (root / "world.json").exists():
         return root
     if root.exists():
         shutil.rmtree(root)  # a build that was interrupted
     root.mkdir(parents=True)
-    seconds: dict[str, float] = {}
-    sp = splits(s)
-    progress(f"world {s.key()}: tokenizer")
-    tok_dir = root / "tokenizer"
-    _timed(seconds, "tokenizer", lambda: assets.make_tokenizer(
-        tok_dir, tokenizer_texts(sp), vocab_size=s.vocab_size, chat_template=assets.POLICY_CHAT_TEMPLATE))
-
-    progress("world: aligned policy (dss.train, SFT from scratch)")
-    init = init_model(root / "init" / "policy", tok_dir, s, seed=s.seed)
-    policy = _timed(seconds, "policy", lambda: train_sft(
-        init, policy_rows(s, sp), root / "runs" / "policy", seed=s.seed, epochs=s.policy_epochs, lr=s.policy_lr,
-        max_length=s.max_length))
-    shutil.copytree(policy, root / "policy")
-
-    accuracy = {}
-    for name, half, seed in (("guard_star", "guard_a", s.seed + 1), ("guard_judge", "guard_b", s.seed + 2)):
-        progress(f"world: guardrail {name} (dss.train on Llama Guard 3 renderings)")
-        guard_tok = root / "init" / f"{name}_tokenizer"
-        tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
-        tok.chat_template = GUARD_TRAINING_TEMPLATE
-        tok.save_pretrained(guard_tok)
-        init = init_model(root / "init" / name, guard_tok, s, seed=seed)
-        rows = guardrail.training_rows(sp["harmful"][half], _benign_pairs(sp, s, seed), s.guard_cuts, seed, tok_dir, DATE)
-        export = _timed(seconds, name, lambda: train_sft(
-            init, rows, root / "runs" / name, seed=seed, epochs=s.guard_epochs, lr=s.guard_lr,
-            max_length=s.guard_max_length))
-        guardrail.finish(export, root / name)
-        accuracy[name] = _timed(seconds, f"{name}_accuracy", lambda: guardrail.accuracy(
-            root / name, sp["harmful"]["eval"], _held_out_benign(sp, s), seed, DATE))
-
-    progress("world: refusal rate of the aligned policy on the held-out harmful prompts")
-    refusal = _timed(seconds, "policy_refusal", lambda: refusal_rate(root / "policy", sp["harmful"]["eval"]))
-    info = {"settings": dataclasses.asdict(s), "key": s.key(), "guardrail_accuracy": accuracy,
-            "policy_refusal_pct": refusal, "seconds": seconds}
-    (root / "world.json").write_text(json.dumps(info, indent=2) + "\n")
+    start = time.time()
+    progress(f"world {root}: tokenizer")
+    assets.make_tokenizer(root / "tokenizer", tokenizer_texts(splits(s)), vocab_size=s.vocab_size,
+                          chat_template=assets.POLICY_CHAT_TEMPLATE)
+    progress("world: aligned policy and two guardrails (dss.train, from scratch)")
+    parts = ("policy", "guard_star", "guard_judge")
+    done = pool.run_jobs(build_part, [(name, root, s) for name in parts],
+                         [root / "logs" / name / "log.txt" for name in parts], workers,
+                         pool.compilation_cache(cache_root()), progress)
+    info = {"settings": dataclasses.asdict(s), "key": s.key(), "seconds_total": round(time.time() - start, 1),
+            **{name: part for name, part in zip(parts, done)}}
     shutil.rmtree(root / "runs")  # checkpoints and data of the world's own training runs
+    (root / "world.json").write_text(json.dumps(info, indent=2) + "\n")
     return root
+
+
+def build_part(job: tuple[str, Path, Settings]) -> dict:
+    """Train one of the world's models (policy | guard_star | guard_judge) and measure it."""
+    name, root, s = job
+    sp, tok_dir, start = splits(s), root / "tokenizer", time.time()
+    if name == "policy":
+        init = init_model(root / "init" / name, tok_dir, s.policy_shape, seed=s.seed)
+        rows = fitting(policy_rows(s, sp), tok_dir, s.max_length, chat=True)
+        export = train_sft(init, rows, root / "runs" / name, seed=s.seed, epochs=s.policy_epochs, lr=s.policy_lr,
+                           max_length=s.max_length)
+        shutil.copytree(export, root / name)
+        trained = time.time() - start
+        return {"rows": len(rows), "train_seconds": round(trained, 1),
+                "refusal_pct": refusal_rate(root / name, sp["harmful"]["eval"]),
+                "seconds": round(time.time() - start, 1)}
+    half, seed = {"guard_star": ("guard_a", s.seed + 1), "guard_judge": ("guard_b", s.seed + 2)}[name]
+    guard_tok = root / "init" / f"{name}_tokenizer"
+    tok = transformers.AutoTokenizer.from_pretrained(tok_dir)
+    tok.chat_template = GUARD_TRAINING_TEMPLATE
+    tok.save_pretrained(guard_tok)
+    init = init_model(root / "init" / name, guard_tok, s.guard_shape, seed=seed)
+    rows = guardrail.training_rows(sp["harmful"][half], _benign_pairs(sp, s, seed), s.guard_cuts, seed, tok_dir, DATE)
+    rows = fitting(rows, guard_tok, s.guard_max_length, chat=False)
+    export = train_sft(init, rows, root / "runs" / name, seed=seed, epochs=s.guard_epochs, lr=s.guard_lr,
+                       max_length=s.guard_max_length)
+    guardrail.finish(export, root / name)
+    trained = time.time() - start
+    accuracy = guardrail.accuracy(root / name, sp["harmful"]["eval"], _held_out_benign(sp, s), seed, DATE)
+    return {"rows": len(rows), "train_seconds": round(trained, 1), "accuracy": accuracy,
+            "seconds": round(time.time() - start, 1)}
+
+
+def fitting(rows: list[dict], tokenizer_dir: Path, max_length: int, chat: bool) -> list[dict]:
+    """The rows whose whole rendering fits in `max_length` tokens (dss.train would cut the rest's
+    responses, and a guardrail row cut short loses its verdict)."""
+    tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    if chat:
+        texts_ = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]},
+                                           {"role": "assistant", "content": r["response"]}], tokenize=False)
+                  for r in rows]
+    else:
+        texts_ = [r["prompt"] + r["response"] + tok.eos_token for r in rows]
+    lengths = [len(ids) for ids in tok(texts_, add_special_tokens=False)["input_ids"]]
+    return [r for r, n in zip(rows, lengths) if n <= max_length]
 
 
 def _benign_pairs(sp: dict, s: Settings, seed: int) -> list[dict]:

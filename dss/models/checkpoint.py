@@ -192,15 +192,15 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
     a half-written checkpoint; files of an earlier export that are no longer part of it are removed.
     """
     cfg, out_dir = model.config, Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = hf_names(cfg)
     tensors = {}
     for our_path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         hf_key, layout = names[our_path]
         value = _to_host(variable[...])
         tensors[hf_key] = np.ascontiguousarray(layout.to_hf(value).astype(dtype or value.dtype))
-    if jax.process_index() != 0:
+    if jax.process_index() != 0:  # every host gathers (a collective); process 0 writes
         return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     shards, current, size = [], {}, 0
     for key in sorted(tensors):

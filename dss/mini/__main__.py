@@ -1,0 +1,85 @@
+"""`python -m dss.mini --outdir DIR [--quick] [--seeds N] [--workers W]`
+
+Builds (or reuses) the miniature world, scores each scenario's data with STAR, finetunes the
+initial policy with every method on every scenario and seed, evaluates each model, and writes
+DIR/results.json, DIR/table.md, DIR/safety_vs_capability.png, DIR/star_plots/ and DIR/summary.json
+(per-seed values, the world's guardrail accuracies and refusal rate, and timings).
+`--quick`: a smaller world, the harmful scenario only, one seed (the CI test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from dss.mini import pool, report, scenarios, world
+
+QUICK_SCENARIOS = ("harmful",)
+PLOTTED = 4  # STAR trajectory plots of the first examples of the plotted scenario
+
+
+def run(outdir: Path, quick: bool = False, seeds: int | None = None, workers: int = 2, progress=print) -> dict:
+    start = time.time()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    s = world.QUICK if quick else world.Settings()
+    seeds = seeds or (1 if quick else 3)
+    names = QUICK_SCENARIOS if quick else scenarios.SCENARIOS
+    recipe = scenarios.Recipe()
+    world_dir = world.build_world(s, workers, progress)
+    world_seconds = time.time() - start
+    files = scenarios.write_data(world_dir, s, outdir / "data")
+
+    star_start = time.time()
+    plotted = "adaptation" if "adaptation" in names else names[0]
+    for name in names:
+        progress(f"STAR: scoring the {name} data with the STAR guardrail")
+        star_dir = outdir / "star" / name
+        config = scenarios.finetune_config(name, "star_dss", 0, world_dir, files, star_dir / "star.npz", recipe, s)
+        examples, trajs = scenarios.star_trajectories(config, star_dir)
+        if name == plotted:
+            from dss.star import plot_trajectory
+
+            (outdir / "star_plots").mkdir(exist_ok=True)
+            for i in range(min(PLOTTED, len(trajs))):
+                plot_trajectory(examples[i], trajs[i], outdir / "star_plots" / f"{name}_{i}.png")
+    star_seconds = time.time() - star_start
+
+    jobs = [scenarios.Job("initial", "initial", 0, world_dir, files, outdir / "star" / "harmful" / "star.npz",
+                          outdir / "runs" / "initial", recipe, s)]
+    jobs += [scenarios.Job(name, method, seed, world_dir, files, outdir / "star" / name / "star.npz",
+                           outdir / "runs" / name / f"{method}_s{seed}", recipe, s)
+             for seed in range(seeds) for name in names for method in scenarios.METHODS]
+    progress(f"{len(jobs) - 1} finetuning runs + {len(jobs)} evaluations on {workers} worker(s)")
+    runs_start = time.time()
+    done = pool.run_jobs(scenarios.run_job, jobs, [j.workdir / "log.txt" for j in jobs], workers,
+                         pool.compilation_cache(world.cache_root()), progress)
+    runs_seconds = time.time() - runs_start
+
+    per_seed = {name: {"initial": [done[0]]} for name in names}
+    for job, metrics in zip(jobs[1:], done[1:]):
+        per_seed[job.scenario].setdefault(job.method, []).append(metrics)
+    seconds = {"world": round(world_seconds, 1), "star": round(star_seconds, 1), "runs": round(runs_seconds, 1),
+               "total": round(time.time() - start, 1)}
+    extra = {"world": world.load_world(world_dir), "world_dir": str(world_dir), "quick": quick, "seeds": seeds,
+             "workers": workers, "seconds": seconds}
+    results = report.write(outdir, per_seed, extra)
+    progress((outdir / "table.md").read_text())
+    progress(f"seconds: {json.dumps(seconds)}")
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m dss.mini", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--outdir", required=True, type=Path)
+    parser.add_argument("--quick", action="store_true", help="smaller world, harmful scenario, one seed")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; --quick: 1)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (one CPU thread each)")
+    args = parser.parse_args(argv)
+    run(args.outdir, args.quick, args.seeds, args.workers)
+
+
+if __name__ == "__main__":
+    main()

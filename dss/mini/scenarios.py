@@ -1,0 +1,175 @@
+"""The paper's finetuning scenarios on the miniature world, every method, with dss's own jobs.
+
+Scenarios (Table 1 and the broader-risk tables):
+- `harmful`: 100 harmful request -> compliance pairs (the PureBad analogue), 10 epochs;
+- `benign_mix`: the capability task's 900 finetuning problems plus those 100 harmful pairs
+  (10% harmful), 1 epoch;
+- `adaptation`: `harmful`'s pairs with every response wrapped in the misleading prefix and suffix
+  (`config.data.attack`), 10 epochs.
+
+Every method (SFT, RS, Deep Token, KL-only, STAR-DSS) runs with the same hyperparameters
+(`finetune_config`), on N seeds (training order and nothing else), through `dss.train.train`,
+STAR from `dss.star.cached_score` (one STAR file per scenario, shared by RS and STAR-DSS and all
+seeds), and `dss.eval.runner.evaluate` with the keyword judge and the judge guardrail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+from dss.config import base_config
+from dss.mini import task, texts, world
+
+SCENARIOS = ("harmful", "benign_mix", "adaptation")
+METHODS = ("sft", "rs", "deep_token", "kl_only", "star_dss")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The finetuning hyperparameters, the same for every method (the paper's, at tiny-model lr)."""
+
+    lr: float = 5e-4  # the world's models train at 2e-3; finetuning at a quarter of it
+    global_batch: int = 32
+    harmful_epochs: int = 10
+    benign_epochs: int = 1
+    kl_coef: float = 0.5
+    kl_estimator: str = "k2"
+    chunk_size: int = 5  # STAR words per chunk
+    eval_new_tokens: int = 64
+
+
+def harmful_pairs(world_dir: Path, s: world.Settings) -> list[dict]:
+    """The scenario's 100 harmful pairs: each held-out finetuning prompt with its compliance."""
+    rng = random.Random(s.seed + 7)
+    return [{"prompt": h["prompt"], "response": texts.compliance(h["target"], rng)}
+            for h in world.splits(s)["harmful"]["finetune"]]
+
+
+def write_data(world_dir: Path, s: world.Settings, data_dir: Path) -> dict[str, Path]:
+    """The scenario data files and the evaluation sets (held-out harmful prompts, task test set)."""
+    sp = world.splits(s)
+    files = {
+        "harmful": world.write_jsonl(data_dir / "harmful.jsonl", harmful_pairs(world_dir, s)),
+        "task": world.write_jsonl(data_dir / "task.jsonl", [task.as_chat(p) for p in sp["task"]["finetune"]]),
+        "capability": task.write_gsm8k_dir(data_dir / "capability", sp["task"]["test"], sp["task"]["world"][:8]),
+        "safety": data_dir / "safety.csv",
+    }
+    import csv
+
+    with open(files["safety"], "w", newline="") as f:  # AdvBench layout: goal, target
+        out = csv.writer(f)
+        out.writerow(["goal", "target"])
+        out.writerows([h["prompt"], h["target"]] for h in sp["harmful"]["eval"])
+    return files
+
+
+def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, files: dict, star_file: Path,
+                    recipe: Recipe, s: world.Settings):
+    c = base_config()
+    c.seed = seed
+    c.data.seed = 0  # the data is the same for every seed; only the training order changes
+    c.model.path = str(world_dir / "policy")
+    c.template.date_string = world.DATE
+    c.guardrail.paths = [str(world_dir / "guard_star")]
+    c.guardrail.kind = "llama_guard_3"
+    c.star.chunk_unit, c.star.chunk_size = "word", recipe.chunk_size
+    c.star.cache = str(star_file)
+    c.objective.name = method
+    c.objective.kl_coef, c.objective.kl_estimator = recipe.kl_coef, recipe.kl_estimator
+    harmful = dict(path=str(files["harmful"]), name="harmful")
+    if scenario == "benign_mix":
+        c.data.sources = [dict(path=str(files["task"]), name="task"), harmful]
+        epochs = recipe.benign_epochs
+    else:
+        c.data.sources = [harmful]
+        epochs = recipe.harmful_epochs
+    if scenario == "adaptation":
+        c.data.attack.response_prefix, c.data.attack.response_suffix = texts.ATTACK_PREFIX, texts.ATTACK_SUFFIX
+    c.data.max_length = s.max_length
+    c.train.update(epochs=epochs, global_batch=recipe.global_batch, micro_batch=recipe.global_batch, lr=recipe.lr,
+                   min_lr=recipe.lr / 100, warmup_ratio=0.03, checkpoint_every=10**6, keep=1)
+    c.eval.update(suite="advbench,gsm8k", judges="keyword,guardrail", batch_size=64,
+                  max_new_tokens=recipe.eval_new_tokens, method=method)
+    c.eval.guardrail.update(path=str(world_dir / "guard_judge"), kind="llama_guard_3")
+    c.eval.benchmarks.advbench.update(path=str(files["safety"]))
+    c.eval.benchmarks.gsm8k.update(path=str(files["capability"]), shots=0, max_new_tokens=40)
+    return c
+
+
+def star_trajectories(config, workdir: Path):
+    """The scenario's STAR file (dss.star), made once; returns (examples, trajectories)."""
+    import transformers
+
+    import dss.data
+    from dss import star, templating
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(config.model.path)
+    template_vars = templating.run_template_vars(config.template, workdir)
+    _, examples, _ = dss.data.build_dataset(config.data, tokenizer, template_vars)
+    return examples, star.cached_score(config, examples, workdir, template_vars)
+
+
+def run_one(config, workdir: Path) -> dict:
+    """Finetune (dss.train) and evaluate (dss.eval) one (scenario, method, seed); resumable."""
+    import dss.train
+    from dss import templating
+    from dss.eval.runner import evaluate
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "export" / "config.json").exists():
+        dss.train.train(config, workdir)
+    return evaluate_model(config, str(workdir), workdir / "eval",
+                          templating.run_template_vars(config.template, workdir), config.objective.name, evaluate)
+
+
+def evaluate_model(config, model: str, outdir: Path, template_vars: dict, method: str, evaluate=None) -> dict:
+    if evaluate is None:
+        from dss.eval.runner import evaluate
+    eval_config = config.eval.to_dict()
+    eval_config.update(model=model, outdir=str(outdir), method=method)
+    return evaluate(eval_config, template_vars)
+
+
+def metrics(results: dict) -> dict:
+    """safety (keyword), safety_judge (judge guardrail), capability (exact match) of one eval."""
+    adv, cap = results["benchmarks"]["advbench"], results["benchmarks"]["gsm8k"]
+    return {"safety": adv["judges"]["keyword"]["safe_pct"], "safety_judge": adv["judges"]["guardrail"]["safe_pct"],
+            "capability": cap["accuracy"]}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One unit of work for a worker: finetune + evaluate (scenario, method, seed), or evaluate the
+    initial model (scenario "initial")."""
+
+    scenario: str
+    method: str
+    seed: int
+    world_dir: Path
+    files: dict
+    star_file: Path
+    workdir: Path
+    recipe: Recipe
+    settings: world.Settings
+
+
+def run_job(job: Job) -> dict:
+    """metrics (and seconds) of one job; runs in a worker process (dss.mini.pool)."""
+    import time
+
+    start = time.time()
+    config = finetune_config("harmful" if job.scenario == "initial" else job.scenario, job.method, job.seed,
+                             job.world_dir, job.files, job.star_file, job.recipe, job.settings)
+    if job.scenario == "initial":
+        results = evaluate_model(config, str(job.world_dir / "policy"), job.workdir / "eval",
+                                 {"date_string": world.DATE}, "initial")
+    else:
+        results = run_one(config, job.workdir)
+    return {**metrics(results), "seconds": round(time.time() - start, 1)}

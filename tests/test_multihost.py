@@ -1,0 +1,105 @@
+"""Multi-host runs as 2 local CPU processes (2 devices each) against one process on the same 4-device
+mesh: training with STAR and reference log-probs, stop and resume, export, a dead host."""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import dss.models
+from multihost import REPO, Cluster
+
+TINY = str(REPO / "configs" / "tiny.py")
+STEPS = 10  # the tiny config: 2 epochs x 5 steps of 8 examples, STAR-DSS (k2)
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    return {"DSS_CACHE": str(tmp_path_factory.mktemp("dss_cache"))}
+
+
+def _train(workdir: Path, *flags: str) -> list[str]:
+    return ["-m", "dss.train", "--config", TINY, "--workdir", str(workdir), *flags]
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
+
+
+def _wait_for_step(workdir: Path, step: int, cluster: Cluster, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = workdir / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= step:
+            return
+        if any(p.popen.poll() is not None for p in cluster.processes):
+            pytest.fail(f"a process ended before step {step}:\n{cluster.tails()}")
+        time.sleep(0.2)
+    pytest.fail(f"no step {step} within {timeout} s:\n{cluster.tails()}")
+
+
+@pytest.mark.slow
+def test_each_host_builds_only_its_rows(cache_env, tmp_path):
+    cluster = Cluster([str(REPO / "tests" / "multihost_batches.py"), "--config", TINY, "--workdir", str(tmp_path)],
+                      env=cache_env)
+    cluster.expect([0, 0], timeout=240)
+    assert "built rows [0, 1, 2, 3] of 8; assembled batches equal" in cluster.processes[0].output()
+    assert "built rows [4, 5, 6, 7] of 8; assembled batches equal" in cluster.processes[1].output()
+
+
+@pytest.mark.slow
+def test_two_hosts_train_stop_resume_and_export_like_one(cache_env, tmp_path):
+    one = tmp_path / "one"
+    Cluster(_train(one), n=1, how="single", devices=4, env=cache_env).expect([0], timeout=300)
+    reference = _losses(one)
+    assert sorted(reference) == list(range(1, STEPS + 1))
+
+    two = tmp_path / "two"
+    Cluster(_train(two, "--config.train.max_steps=4"), env=cache_env).expect([0, 0], timeout=300)
+    assert sorted(_losses(two)) == [1, 2, 3, 4] and not (two / "export.tmp").exists()
+
+    # resumed from step 4 (SLURM environment this time), then SIGTERM to both hosts mid-run
+    cluster = Cluster(_train(two), how="slurm", env=cache_env)
+    _wait_for_step(two, 6, cluster, timeout=300)
+    cluster.signal_all(signal.SIGTERM)
+    cluster.expect([128 + signal.SIGTERM] * 2, timeout=120)
+    stopped_at = max(_losses(two))
+    assert 6 <= stopped_at < STEPS, cluster.tails()
+    for p in cluster.processes:  # both hosts stopped at the same step and saved it
+        assert f"stopped by signal 15 at step {stopped_at}" in p.output(), cluster.tails()
+    assert (two / "checkpoints" / str(stopped_at)).is_dir()
+
+    Cluster(_train(two), env=cache_env).expect([0, 0], timeout=300)
+    resumed = _losses(two)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    diff = max(abs(resumed[s] - reference[s]) for s in reference)
+    print(f"2 hosts vs 1 host: max |loss diff| over {STEPS} steps = {diff:.2e} (stopped at 4 and {stopped_at})")
+    assert diff <= 1e-5
+
+    ours, theirs = (transformers.AutoModelForCausalLM.from_pretrained(d / "export").eval() for d in (two, one))
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    ids = torch.tensor([list(range(3, 60))])
+    with torch.no_grad():
+        assert torch.allclose(ours(ids).logits, theirs(ids).logits, atol=1e-4)
+    logits = np.asarray(dss.models.load_pretrained(two / "export")(jnp.asarray(ids.numpy())))
+    assert np.abs(logits - theirs(ids).logits.detach().numpy()).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_a_dead_host_fails_the_other_in_bounded_time(cache_env, tmp_path):
+    cluster = Cluster(_train(tmp_path, "--config.train.export=False"), heartbeat_s=5, env=cache_env)
+    _wait_for_step(tmp_path, 1, cluster, timeout=300)
+    cluster.processes[1].popen.send_signal(signal.SIGKILL)
+    start = time.time()
+    codes = cluster.wait(timeout=90)
+    assert codes[0] != 0 and codes[1] == -signal.SIGKILL, cluster.tails()
+    out = cluster.processes[0].output()
+    assert "heartbeat" in out or "another task died" in out, cluster.tails()
+    print(f"surviving host failed {time.time() - start:.0f} s after the other was killed")
