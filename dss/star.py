@@ -536,12 +536,15 @@ def main(config, workdir, plot: int = 0) -> None:
 
     from dss.checks import check_star_config
 
+    distributed.initialize(config)
     check_star_config(config)
     tokenizer = AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path(config.model.path))
     template_vars = templating.run_template_vars(config.template, workdir)
     _, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)
     log.info("data: %s", stats)
     trajs = cached_score(config, examples, workdir, template_vars)
+    if not distributed.is_writer():
+        return
     out = Path(workdir) / "star_plots"
     for i in range(min(plot, len(trajs))):
         out.mkdir(parents=True, exist_ok=True)

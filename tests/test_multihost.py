@@ -2,6 +2,7 @@
 mesh: training with STAR and reference log-probs, stop and resume, export, a dead host."""
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,6 +31,17 @@ def _train(workdir: Path, *flags: str) -> list[str]:
 
 def _losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
+
+
+def _close(a, b, tol: float = 1e-6) -> bool:
+    """Equal JSON trees, floats within `tol` (guardrail P(safe)s from other batch shapes)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= tol
+    return a == b
 
 
 def _wait_for_step(workdir: Path, step: int, cluster: Cluster, timeout: float) -> None:
@@ -103,3 +115,41 @@ def test_a_dead_host_fails_the_other_in_bounded_time(cache_env, tmp_path):
     out = cluster.processes[0].output()
     assert "heartbeat" in out or "another task died" in out, cluster.tails()
     print(f"surviving host failed {time.time() - start:.0f} s after the other was killed")
+
+
+@pytest.mark.slow
+def test_star_eval_and_landscape_on_two_hosts_equal_one(cache_env, tmp_path):
+    """Every host scores / generates its share; the gathered outputs, written once, equal one host's."""
+    run = tmp_path / "run"
+    Cluster(_train(run, "--config.train.max_steps=1", "--config.objective.name=sft"), n=1, how="single",
+            env=cache_env).expect([0], timeout=300)
+    for name, n, how in (("one", 1, "single"), ("two", 2, "coordinator")):
+        star_dir = tmp_path / f"star-{name}"
+        star_dir.mkdir()
+        shutil.copy(run / "template_vars.json", star_dir)  # the run's date, as a STAR job of that run has
+        for job, workdir, flags in (
+            ("dss.star", star_dir, []),
+            ("dss.eval", run, [f"--config.eval.outdir={run / f'eval-{name}'}"]),
+            ("dss.landscape", run, [f"--config.landscape.name=landscape-{name}", "--config.landscape.steps=3"]),
+        ):
+            Cluster(["-m", job, "--config", TINY, "--workdir", str(workdir), *flags], n=n, how=how,
+                    env=cache_env).expect([0] * n, timeout=300)
+
+    a, b = (np.load(tmp_path / f"star-{name}" / "star.npz") for name in ("one", "two"))
+    assert a["__header__"] == b["__header__"] and len(a["safe_prob"]) > 40  # same fingerprint
+    assert np.array_equal(a["char_ends"], b["char_ends"]) and np.abs(a["safe_prob"] - b["safe_prob"]).max() <= 1e-6
+
+    one, two = run / "eval-one", run / "eval-two"
+    assert _close(*(json.loads((d / "results.json").read_text()) for d in (one, two)))
+    for bench in ("advbench", "gsm8k"):  # the same responses, row by row
+        rows = [list(map(json.loads, (d / "generations" / f"{bench}.jsonl").read_text().splitlines())) for d in (one, two)]
+        assert _close(*rows) and len(rows[0]) >= 8
+    assert not list(two.rglob("*.partial.jsonl"))
+
+    def landscape(name):
+        res = json.loads((run / f"landscape-{name}" / "results.json").read_text())
+        res.pop("seconds_per_point")
+        points = map(json.loads, (run / f"landscape-{name}" / "points.jsonl").read_text().splitlines())
+        return res, sorted(({**p, "seconds": 0} for p in points), key=lambda p: p["coeffs"])
+
+    assert landscape("one") == landscape("two") and len(landscape("two")[1]) == 4

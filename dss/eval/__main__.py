@@ -8,7 +8,7 @@ the config's `objective.name` unless `eval.method` is set.
 
 from __future__ import annotations
 
-from dss import cli, templating
+from dss import cli, distributed, templating
 from dss.eval.policy import resolve_model
 from dss.eval.runner import evaluate
 
@@ -29,6 +29,7 @@ def main(config, workdir) -> None:
     names a model; prompts render with the evaluated run's fixed template variables."""
     if "eval" not in config:
         raise ValueError("--config must name a config file whose get_config() has an `eval` section")
+    distributed.initialize(config)
     eval_config = config.eval.to_dict()
     if not eval_config.get("model"):
         if not resolve_model(workdir)[1]:
@@ -40,7 +41,9 @@ def main(config, workdir) -> None:
         eval_config["method"] = config.objective.name  # a training run's row is named after its objective
     run_dir = eval_config["model"] if finetuned else workdir
     template_vars = templating.run_template_vars(config.get("template") or {}, run_dir)
-    print(_summary(evaluate(eval_config, template_vars)))
+    results = evaluate(eval_config, template_vars)
+    if distributed.is_writer():
+        print(_summary(results))
 
 
 if __name__ == "__main__":

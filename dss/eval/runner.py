@@ -18,10 +18,11 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import jax
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
-from dss import templating
+from dss import distributed, templating
 from dss.eval import benchmarks, capability
 from dss.eval.config import SAFETY_KINDS, judges, resolve, suite
 from dss.eval.io import append_jsonl, read_jsonl, write_json, write_jsonl
@@ -31,25 +32,56 @@ from dss.eval.policy import Policy, resolve_model
 __all__ = ["evaluate"]
 
 
-def _produce(path: Path, items: list[dict], make_rows: Callable, batch_size: int, desc: str) -> list[dict]:
+def _produce(path: Path, items: list[dict], make_rows: Callable, batch_size: int, desc: str,
+             shared: bool = False) -> list[dict]:
     """Rows for `items` (each with a unique "id"), made `batch_size` at a time by
-    `make_rows(batch, batch_index)` and appended to a partial file; `path` is written whole at the end."""
+    `make_rows(batch, batch_index)` and appended to a partial file; `path` is written whole at the end.
+
+    `shared` (several hosts, each with its own copy of the model): host p makes batches p, p + P, ...
+    and every round's rows are gathered to all hosts; process 0 writes. Batch k is the same batch
+    as on one host, so the rows are too."""
     if path.exists():
         return read_jsonl(path, repair=False)
     partial = path.with_name(path.stem + ".partial.jsonl")
-    done = {row["id"]: row for row in read_jsonl(partial)} if partial.exists() else {}
+    done = {row["id"]: row for row in read_jsonl(partial)} if distributed.is_writer() and partial.exists() else {}
+    if distributed.is_multihost():  # process 0's record of what is done
+        done = distributed.allgather_objects(done)[0]
     pending = sorted((it for it in items if it["id"] not in done),  # similar lengths batch together
                      key=lambda it: len(it.get("prompt") or it["question"]))
+    batches = [pending[first : first + batch_size] for first in range(0, len(pending), batch_size)]
+    hosts = jax.process_count() if shared else 1
     with tqdm(total=len(items), initial=len(items) - len(pending), desc=desc, unit="ex") as bar:
-        for k, first in enumerate(range(0, len(pending), batch_size)):
-            rows = make_rows(pending[first : first + batch_size], k)
-            append_jsonl(partial, rows)
+        for start in range(0, len(batches), hosts):
+            mine = range(start + (jax.process_index() if shared else 0), min(start + hosts, len(batches)), hosts)
+            rows = [row for k in mine for row in make_rows(batches[k], k)]
+            if shared:
+                rows = [row for host_rows in distributed.allgather_objects(rows) for row in host_rows]
+            if distributed.is_writer():
+                append_jsonl(partial, rows)
             done.update((row["id"], row) for row in rows)
             bar.update(len(rows))
     rows = [done[it["id"]] for it in items]
-    write_jsonl(path, rows)
-    partial.unlink(missing_ok=True)
+    if distributed.is_writer():
+        write_jsonl(path, rows)
+        partial.unlink(missing_ok=True)
     return rows
+
+
+def _shared(cfg) -> bool:
+    """Whether hosts split the work: several of them, each with the policy on its own device
+    (a policy sharded over `eval.mesh` runs every batch on every host, as one program)."""
+    return distributed.is_multihost() and not cfg.mesh
+
+
+def _verdicts(judge_name: str, judge, rows: list[dict], cfg) -> list:
+    """The judge's verdicts on `rows`, the same on every host. A guardrail on each host's own
+    device judges that host's share; the LLM judge (a paid API) is asked by process 0 alone."""
+    if not distributed.is_multihost() or judge_name == "keyword":
+        return judge(rows)
+    if judge_name == "llm":
+        return distributed.allgather_objects(judge(rows) if distributed.is_writer() else None)[0]
+    mine = distributed.share(len(rows))
+    return distributed.gather_shares(judge([rows[i] for i in mine]), len(rows))
 
 
 def _options(bcfg: ConfigDict, *drop: str) -> dict:
@@ -65,7 +97,7 @@ def _safety_rows(bcfg, cfg, policy, path: Path, name: str) -> list[dict]:
         # the judged response is what the user sees: the forced prefill, then the model's text
         return [{**r, "response": (r["prefill"] or "") + text} for r, text in zip(batch, texts)]
 
-    return _produce(path, records, make_rows, cfg.batch_size, name)
+    return _produce(path, records, make_rows, cfg.batch_size, name, _shared(cfg))
 
 
 def _capability_rows(bcfg, cfg, policy, path: Path, name: str) -> list[dict]:
@@ -82,7 +114,7 @@ def _capability_rows(bcfg, cfg, policy, path: Path, name: str) -> list[dict]:
 
         def make_rows(batch, k):
             return capability.run_multiple_choice(policy, batch, bcfg.mode, bcfg.prefill, max_new, cfg.seed + k)
-    return _produce(path, items, make_rows, cfg.batch_size, name)
+    return _produce(path, items, make_rows, cfg.batch_size, name, _shared(cfg))
 
 
 def _generation_settings(bcfg, cfg, template_vars: dict) -> dict:
@@ -148,7 +180,9 @@ def evaluate(eval_config: ConfigDict | dict, template_vars: dict | None = None) 
     method, default_outdir = _names(cfg.model, finetuned)
     outdir = Path(cfg.outdir or default_outdir)
     results_file, gen_dir = outdir / "results.json", outdir / "generations"
-    gen_dir.mkdir(parents=True, exist_ok=True)
+    write = distributed.is_writer()  # every host computes; process 0 writes
+    if write:
+        gen_dir.mkdir(parents=True, exist_ok=True)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     if results and results.get("model") != model_path:
         raise ValueError(f"{results_file}: holds results of model {results.get('model')!r}, not {model_path!r}")
@@ -157,21 +191,24 @@ def evaluate(eval_config: ConfigDict | dict, template_vars: dict | None = None) 
     policy = Policy(model_path, cfg.tokenizer, cfg.system_prompt, cfg.dtype, cfg.mesh, cfg.temperature, cfg.top_k,
                     cfg.top_p, cfg.stop_tokens, cfg.batch_size, template_vars)
 
-    safety = []
+    safety, generated = [], {}
     for name in suite(cfg):
         bcfg, path = cfg.benchmarks[name], gen_dir / f"{name}.jsonl"
         settings = _generation_settings(bcfg, cfg, template_vars)
         entry = results["benchmarks"].setdefault(name, {"kind": bcfg.kind, "settings": settings})
         _check(entry, settings, f"benchmark {name!r}", results_file)
-        write_json(results_file, results)
+        if write:
+            write_json(results_file, results)
         if bcfg.kind in SAFETY_KINDS:
             safety.append(name)
             entry.setdefault("judges", {})
             if "n" not in entry:
-                entry["n"] = len(_safety_rows(bcfg, cfg, policy, path, name))
+                generated[name] = _safety_rows(bcfg, cfg, policy, path, name)
+                entry["n"] = len(generated[name])
         elif "accuracy" not in entry:
             entry.update(capability.accuracy(_capability_rows(bcfg, cfg, policy, path, name)))
-        write_json(results_file, results)
+        if write:
+            write_json(results_file, results)
     policy.close()
 
     for judge_name in judges(cfg):
@@ -182,12 +219,13 @@ def evaluate(eval_config: ConfigDict | dict, template_vars: dict | None = None) 
                 _check(entry["judges"][judge_name], settings, f"judge {judge_name!r} on {name!r}", results_file)
                 continue
             judge = judge or _make_judge(judge_name, cfg, outdir, template_vars)
-            rows = read_jsonl(path, repair=False)
-            verdicts = judge(rows)
+            rows = generated.get(name) or read_jsonl(path, repair=False)
+            verdicts = _verdicts(judge_name, judge, rows, cfg)
             for row, verdict in zip(rows, verdicts):
                 row.setdefault("verdicts", {})[judge_name] = verdict
-            write_jsonl(path, rows)
             entry["judges"][judge_name] = {"settings": settings,
                                            **summarize([r["category"] for r in rows], verdicts, judge)}
-            write_json(results_file, results)
+            if write:
+                write_jsonl(path, rows)
+                write_json(results_file, results)
     return results

@@ -9,12 +9,13 @@ import statistics
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
 import dss.models
-from dss import sharding, templating
+from dss import distributed, sharding, templating
 from dss.eval.benchmarks import advbench
 from dss.eval.io import append_jsonl, read_jsonl, write_json
 from dss.eval.policy import eos_ids, resolve_model
@@ -48,7 +49,8 @@ def _directions(cfg, model, workdir: Path, mesh) -> list[Direction]:
             else:
                 d = random_direction(model, seed, cfg.direction_dtype)
                 d.meta["model"] = cfg.model
-                save_direction(d, path)
+                if distributed.is_writer():
+                    save_direction(d, path)
                 log.info("direction %s saved to %s", d.name, path)
         elif kind == "interp" and arg:
             target = dss.models.load_pretrained(resolve_model(arg)[0], dtype=cfg.dtype, mesh=mesh)
@@ -120,7 +122,9 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.model = model_path
     outdir = workdir / cfg.name
-    outdir.mkdir(parents=True, exist_ok=True)
+    write = distributed.is_writer()  # every host computes; process 0 writes
+    if write:
+        outdir.mkdir(parents=True, exist_ok=True)
     points_file, settings_file = outdir / "points.jsonl", outdir / "settings.json"
 
     from transformers import AutoTokenizer
@@ -140,10 +144,12 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
             raise ValueError(f"{settings_file}: the points in {outdir} were made with other settings "
                              f"(differing: {changed}); use another landscape.name or --workdir")
-    else:
+    elif write:
         write_json(settings_file, settings)
 
-    done = {_key(p["coeffs"]): p for p in read_jsonl(points_file)} if points_file.exists() else {}
+    done = {_key(p["coeffs"]): p for p in read_jsonl(points_file)} if write and points_file.exists() else {}
+    if distributed.is_multihost():  # process 0's record of the finished points
+        done = distributed.allgather_objects(done)[0]
     grid = [tuple(float(c) for c in p) for p in itertools.product(*axes)]
     pending = [c for c in grid if _key(c) not in done]
     if pending:
@@ -152,19 +158,26 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
                                     template_vars)
         perturbation = Perturbation(model, directions)
         del model
+        groups = [pending[first : first + cfg.points_per_batch] for first in range(0, len(pending), cfg.points_per_batch)]
+        # several hosts, each with the model on its own device: host p evaluates groups p, p + P, ...
+        hosts = jax.process_count() if distributed.is_multihost() and mesh is None else 1
         with tqdm(total=len(grid), initial=len(grid) - len(pending), desc=f"landscape {cfg.name}",
                   unit="point") as bar:
-            for first in range(0, len(pending), cfg.points_per_batch):
-                group = pending[first : first + cfg.points_per_batch]
-                start = time.perf_counter()
-                results = evaluator([perturbation.model_at(c) for c in group])
-                seconds = (time.perf_counter() - start) / len(group)
-                for coeffs, point in zip(group, results):
-                    point = {"coeffs": list(coeffs), **point, "seconds": seconds}
+            for start in range(0, len(groups), hosts):
+                points = []
+                for group in groups[start + (jax.process_index() if hosts > 1 else 0) : start + hosts : hosts]:
+                    began = time.perf_counter()
+                    results = evaluator([perturbation.model_at(c) for c in group])
+                    seconds = (time.perf_counter() - began) / len(group)
+                    points += [{"coeffs": list(coeffs), **point, "seconds": seconds} for coeffs, point in zip(group, results)]
+                if hosts > 1:
+                    points = [p for host_points in distributed.allgather_objects(points) for p in host_points]
+                for point in points:
                     if not cfg.save_responses:
                         point.pop("responses")
-                    append_jsonl(points_file, [point])
-                    done[_key(coeffs)] = point
+                    if write:
+                        append_jsonl(points_file, [point])
+                    done[_key(point["coeffs"])] = point
                     bar.set_postfix(asr=f"{point['asr']:.1f}")
                     bar.update()
 
@@ -189,6 +202,8 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
         # the first point evaluated in a run includes compilation
         "seconds_per_point": {"median": statistics.median(seconds), "max": max(seconds)},
     }
+    if not write:
+        return results
     write_json(outdir / "results.json", results)
 
     title = f"{results['label']}: VISAGE {results['visage']['score']:.1f}"
@@ -214,6 +229,7 @@ def main(config, workdir) -> dict:
     export, trained = resolve_model(str(workdir))
     model = config.get("model")
     default = export if trained else (model.path if model is not None else "")
+    distributed.initialize(config)
     log.info("landscape centre: %s", config.landscape.model or default)
     template_vars = templating.run_template_vars(config.get("template") or {}, workdir)
     return run(config.landscape, workdir, default, template_vars)

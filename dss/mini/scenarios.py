@@ -41,7 +41,7 @@ class Recipe:
     eval_new_tokens: int = 64
 
 
-def harmful_pairs(world_dir: Path, s: world.Settings) -> list[dict]:
+def harmful_pairs(s: world.Settings) -> list[dict]:
     """The scenario's 100 harmful pairs: each held-out finetuning prompt with its compliance."""
     rng = random.Random(s.seed + 7)
     return [{"prompt": h["prompt"], "response": texts.compliance(h["target"], rng)}
@@ -52,7 +52,7 @@ def write_data(world_dir: Path, s: world.Settings, data_dir: Path) -> dict[str, 
     """The scenario data files and the evaluation sets (held-out harmful prompts, task test set)."""
     sp = world.splits(s)
     files = {
-        "harmful": world.write_jsonl(data_dir / "harmful.jsonl", harmful_pairs(world_dir, s)),
+        "harmful": world.write_jsonl(data_dir / "harmful.jsonl", harmful_pairs(s)),
         "task": world.write_jsonl(data_dir / "task.jsonl", [task.as_chat(p) for p in sp["task"]["finetune"]]),
         "capability": task.write_gsm8k_dir(data_dir / "capability", sp["task"]["test"], sp["task"]["world"][:8]),
         "safety": data_dir / "safety.csv",
