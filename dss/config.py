@@ -85,8 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.remat = False  # rematerialise each block in the backward pass (less memory, ~1/3 more compute)
     c.train.checkpoint_every = 100  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.train.keep = 3  # checkpoints kept
+    c.train.checkpoint_dir = ""  # "" = <workdir>/checkpoints; any etils.epath path (gs://bucket/run/ckpt)
     c.train.wandb = ""  # wandb project name ("" = off)
-    c.train.export = True  # write the final model to <workdir>/export
+    c.train.export = True  # write the final model as an HF directory
+    c.train.export_dir = ""  # "" = <workdir>/export (what dss.eval finds); any etils.epath path
     c.eval = eval_defaults()  # `python -m dss.eval` (see dss/eval/config.py)
     c.landscape = landscape_defaults()  # `python -m dss.landscape` (see dss/landscape/)
     return c

@@ -12,8 +12,10 @@ import contextlib
 import functools
 import json
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
@@ -172,9 +175,9 @@ class Checkpoints:
     """orbax CheckpointManager over (params, opt_state, meta); meta holds step and data position.
     Saving is a collective: every host calls `save` at the same step."""
 
-    def __init__(self, directory: Path, keep: int):
+    def __init__(self, directory: epath.Path, keep: int):
         self.manager = ocp.CheckpointManager(
-            directory.absolute(), item_names=("params", "opt_state", "meta"),
+            directory, item_names=("params", "opt_state", "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
     def __enter__(self):
@@ -331,13 +334,14 @@ def train(config, workdir) -> dict:
     train_step = make_train_step(graphdef, tx, obj, t.global_batch // t.micro_batch)
     metrics, stopped = {}, False
     with contextlib.ExitStack() as cleanup:  # closed on every way out, an exception included
-        checkpoints = cleanup.enter_context(Checkpoints(workdir / "checkpoints", t.keep))
+        checkpoint_dir = epath.Path(t.checkpoint_dir) if t.checkpoint_dir else (workdir / "checkpoints").absolute()
+        checkpoints = cleanup.enter_context(Checkpoints(checkpoint_dir, t.keep))
         step = 0
         if checkpoints.latest() is not None:
             params, opt_state, meta = checkpoints.restore(checkpoints.latest(), params, opt_state)
             step = meta["step"]
             batches.restore(meta["data"])  # refuses if the data or batch settings changed
-            log.info("resumed from %s at step %d", workdir / "checkpoints", step)
+            log.info("resumed from %s at step %d", checkpoint_dir, step)
         metrics_log = cleanup.enter_context(MetricsLog(workdir, step, t.wandb, config))
         stop = cleanup.enter_context(StopSignal())
         bar = cleanup.enter_context(tqdm(total=total_steps, initial=step, desc=f"train {obj.name}", unit="step"))
@@ -351,7 +355,7 @@ def train(config, workdir) -> dict:
             if not np.isfinite(out["loss"]):  # the loss is global: every host stops here
                 raise FloatingPointError(
                     f"non-finite loss {out['loss']} at step {step + 1}; the last good checkpoint is step "
-                    f"{checkpoints.latest()} in {workdir / 'checkpoints'} (try a lower config.train.lr)")
+                    f"{checkpoints.latest()} in {checkpoint_dir} (try a lower config.train.lr)")
             params, opt_state, step = new_params, new_opt_state, step + 1
             metrics = {**out, "lr": float(schedule(step - 1)), "epoch": (step - 1) // steps_per_epoch,
                        "tokens_per_s": float(t.global_batch * length / (time.time() - t0))}
@@ -367,7 +371,7 @@ def train(config, workdir) -> dict:
         log.warning("stopped by signal %d at step %d; run the same command to resume", stop.received, step)
         sys.exit(128 + stop.received)
     if t.export:
-        export(nnx.merge(graphdef, params), tokenizer, workdir / "export")
+        export(nnx.merge(graphdef, params), tokenizer, t.export_dir or workdir / "export")
     return metrics
 
 
@@ -391,17 +395,33 @@ def _to_global(local: np.ndarray, rows: list[int], global_batch: int, sharding: 
     return jax.make_array_from_callback((global_batch, *local.shape[1:]), sharding, block)
 
 
-def export(model, tokenizer, out_dir: Path) -> None:
+def export(model, tokenizer, out_dir) -> None:
     """HF directory (weights, config, tokenizer, chat template), swapped in only when complete.
-    Every host takes part (the weights are gathered from all of them); process 0 writes."""
-    if distributed.is_writer():
-        with atomic_dir(out_dir) as tmp:
+    Every host takes part (the weights are gathered from all of them); process 0 writes. A remote
+    `out_dir` (gs://...) is written locally first, then copied file by file, config.json last, so
+    an interrupted copy is never a loadable model."""
+    if not distributed.is_writer():
+        dss.models.save_pretrained(model, Path(str(out_dir)))  # joins the gather; only process 0 writes
+    elif _is_local(out_dir):
+        with atomic_dir(Path(out_dir)) as tmp:
             dss.models.save_pretrained(model, tmp)
             tokenizer.save_pretrained(tmp)
-        log.info("exported %s", out_dir)
     else:
-        dss.models.save_pretrained(model, out_dir)  # joins the gather; writes nothing off process 0
+        with tempfile.TemporaryDirectory() as tmp:
+            dss.models.save_pretrained(model, tmp)
+            tokenizer.save_pretrained(tmp)
+            remote = epath.Path(out_dir)
+            remote.mkdir(parents=True, exist_ok=True)
+            for file in sorted(Path(tmp).iterdir(), key=lambda f: f.name == "config.json"):
+                with open(file, "rb") as src, (remote / file.name).open("wb") as dst:
+                    shutil.copyfileobj(src, dst, 64 << 20)
+    if distributed.is_writer():
+        log.info("exported %s", out_dir)
     distributed.barrier("dss.train export")
+
+
+def _is_local(path) -> bool:
+    return "://" not in str(path)
 
 
 def main(config, workdir) -> None:

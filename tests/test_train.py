@@ -278,3 +278,20 @@ def test_resume_on_the_next_day_logs_the_uninterrupted_losses(tmp_path, monkeypa
     with pytest.raises(ValueError, match=r"config.template.date_string = '05 May 2026', but .*template_vars.json "
                                          r"fixed it to '01 Mar 2026'"):
         dss_train.train(tiny_config(**overrides, **{"template.date_string": "05 May 2026"}), tmp_path / "stopped")
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_checkpoint_and_export_dirs_anywhere(tmp_path, monkeypatch, remote):
+    """checkpoint_dir / export_dir outside the workdir (etils paths, gs:// for users); the remote
+    branch copies a locally written export file by file, config.json last."""
+    if remote:  # a local path taken down the remote (gs://) branch
+        monkeypatch.setattr(dss_train, "_is_local", lambda path: False)
+    config = tiny_config(**{"train.max_steps": 2, "objective.name": "sft", "train.checkpoint_dir": str(tmp_path / "ck"),
+                            "train.export_dir": str(tmp_path / "models" / "ex")})
+    dss_train.train(config, tmp_path / "run")
+    assert (tmp_path / "ck" / "2").is_dir() and not (tmp_path / "run" / "checkpoints").exists()
+    export = tmp_path / "models" / "ex"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in export.iterdir()}
+    assert not (tmp_path / "run" / "export").exists()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(export)
+    assert hf.config.num_hidden_layers == 2
