@@ -142,9 +142,7 @@ def make_train_step(graphdef, tx, obj, accum: int):
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch, ref_params):
         normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
-        # micro-batch k = rows k, k + accum, ...: a slice of every device's block of rows, so each
-        # micro-batch spans every data shard (consecutive blocks would leave devices idle)
-        micro = jax.tree.map(lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1), batch)
+        micro = jax.tree.map(lambda x: micro_batches(x, accum), batch)
 
         def body(grads, mb):
             (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, normalizer, ref_params)
@@ -157,6 +155,13 @@ def make_train_step(graphdef, tx, obj, accum: int):
         return optax.apply_updates(params, updates), opt_state, metrics
 
     return step
+
+
+def micro_batches(x: jax.Array, accum: int) -> jax.Array:
+    """[B, ...] -> [accum, B / accum, ...] with micro-batch k = rows k, k + accum, ...: a slice of
+    every device's block of rows, so each micro-batch spans every data shard (consecutive blocks
+    of rows would leave devices idle)."""
+    return x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
 
 
 def make_optimizer(t, total_steps: int):

@@ -295,3 +295,16 @@ def test_checkpoint_and_export_dirs_anywhere(tmp_path, monkeypatch, remote):
     assert not (tmp_path / "run" / "export").exists()
     hf = transformers.AutoModelForCausalLM.from_pretrained(export)
     assert hf.config.num_hidden_layers == 2
+
+
+def test_micro_batches_span_every_data_shard():
+    from dss import sharding
+
+    mesh = sharding.make_mesh(1, 4, 1)
+    rows = jax.device_put(jnp.arange(16.0).reshape(16, 1), jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))))
+    micro = jax.jit(lambda x: dss_train.micro_batches(x, 2))(rows)
+    assert micro[:, :, 0].tolist() == [[0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15]]
+    for shard in micro.addressable_shards:  # each device keeps its own 4 rows, 2 in each micro-batch
+        assert shard.data.shape == (2, 2, 1)
+        first = int(shard.data[0, 0, 0])
+        assert sorted(np.asarray(shard.data).ravel().tolist()) == list(range(first, first + 4))
