@@ -12,6 +12,11 @@ Metrics are token sums divided by the same normaliser, so they accumulate the sa
 
 Logits may be bfloat16; every reduction runs in float32. The reference model's inputs
 (`ref_logp`, `ref_logits`) are constants: gradients never flow into them.
+
+Each loss is written once, as `*_from_terms` of per-token label log-probs (and KL terms); the
+logits-based functions (the public API) compute those terms from whole logits, while the train
+step gets them from hidden states a chunk of positions at a time (`hidden_token_terms`), so no
+training step builds [B, T, V] logits.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import jax.numpy as jnp
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "full")
 
-# Sequence positions per chunk of the vocabulary-wide `full` KL: with a 128k vocabulary one
+# Sequence positions per chunk of logits in `hidden_token_terms`: with a 128k vocabulary one
 # float32 chunk intermediate is 256 * 128k * 4 B = 128 MiB per row of the batch.
 DEFAULT_CHUNK_SIZE = 256
 
@@ -97,6 +102,20 @@ def _log_ratio(logp, ref_logp, mask):
     return jnp.where(mask, logp - ref_logp, 0.0)
 
 
+def label_kl(logp, ref_logp, mask, kl_estimator="k2"):
+    """Per-token KL estimates [B, T] from label log-probs: k1 = d, k2 = d^2 / 2, k3 = e^-d - 1 + d
+    with d = log p_theta(y_t) - log p_ref(y_t) (0 outside `mask`)."""
+    if kl_estimator not in ("k1", "k2", "k3"):
+        raise ValueError(f"label_kl: kl_estimator must be k1, k2 or k3 (full needs both models' logits), "
+                         f"got {kl_estimator!r}")
+    d = _log_ratio(logp, ref_logp, mask)
+    if kl_estimator == "k1":
+        return d
+    if kl_estimator == "k2":
+        return 0.5 * d * d
+    return jnp.exp(-d) - 1.0 + d
+
+
 def _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator):
     """Label log-probs and per-token KL estimates [B, T], with loud errors for missing inputs."""
     if kl_estimator not in KL_ESTIMATORS:
@@ -115,12 +134,7 @@ def _logp_and_kl(logits, targets, mask, ref_logp, ref_logits, kl_estimator):
             )
         ref_logp = token_logp(jax.lax.stop_gradient(ref_logits), targets)
     logp = token_logp(logits, targets)
-    d = _log_ratio(logp, ref_logp, mask)
-    if kl_estimator == "k1":
-        return logp, d
-    if kl_estimator == "k2":
-        return logp, 0.5 * d * d
-    return logp, jnp.exp(-d) - 1.0 + d
+    return logp, label_kl(logp, ref_logp, mask, kl_estimator)
 
 
 def _msum(x, mask, denom):
@@ -130,8 +144,13 @@ def _msum(x, mask, denom):
 
 def sft_loss(logits, targets, loss_mask, normalizer=None):
     """Cross-entropy on response tokens."""
+    return sft_from_terms(token_logp(logits, targets), loss_mask, normalizer)
+
+
+def sft_from_terms(logp, loss_mask, normalizer=None):
+    """SFT from per-token label log-probs [B, T] (every `*_from_terms` is its loss's one implementation;
+    the logits versions and the train step's chunked path both call it)."""
     mask, n_tokens, denom = _setup(loss_mask, normalizer)
-    logp = token_logp(logits, targets)
     loss = _msum(-logp, mask, denom)
     return loss, {"loss": loss, "ce": loss, "n_tokens": n_tokens}
 
@@ -139,8 +158,12 @@ def sft_loss(logits, targets, loss_mask, normalizer=None):
 def rs_loss(logits, targets, loss_mask, example_weights, normalizer=None):
     """Static shaping: each example's CE scaled by one weight from the guardrail's verdict on the
     whole response (hard 0/1 or soft P(safe)), `example_weights` [B]."""
+    return rs_from_terms(token_logp(logits, targets), loss_mask, example_weights, normalizer)
+
+
+def rs_from_terms(logp, loss_mask, example_weights, normalizer=None):
+    """RS from per-token label log-probs [B, T]."""
     mask, n_tokens, denom = _setup(loss_mask, normalizer)
-    logp = token_logp(logits, targets)
     w = jnp.asarray(example_weights, jnp.float32)[:, None]
     loss = _msum(-w * logp, mask, denom)
     metrics = {
@@ -198,10 +221,14 @@ def deep_token_loss(logits, targets, loss_mask, ref_logp, betas=None, normalizer
     the sigmoid saturates, and large betas on the first response tokens keep those close to the
     reference. `betas` [B, T] (or a scalar) defaults to `deep_token_betas(loss_mask)`.
     """
+    return deep_token_from_terms(token_logp(logits, targets), loss_mask, ref_logp, betas, normalizer)
+
+
+def deep_token_from_terms(logp, loss_mask, ref_logp, betas=None, normalizer=None):
+    """Deep Token from per-token label log-probs [B, T]."""
     if ref_logp is None:
         raise ValueError("deep_token_loss needs ref_logp (log p_ref of the label tokens, [B, T])")
     mask, n_tokens, denom = _setup(loss_mask, normalizer)
-    logp = token_logp(logits, targets)
     beta = deep_token_betas(mask) if betas is None else jnp.asarray(betas, jnp.float32)
     d = _log_ratio(logp, ref_logp, mask)
     loss = _msum(-(2.0 / beta) * jax.nn.log_sigmoid(beta * d), mask, denom)
@@ -236,24 +263,34 @@ def kl_only_from_terms(logp, kl, loss_mask, normalizer=None):
     return loss, {"loss": loss, "ce": _msum(-logp, mask, denom), "kl": loss, "n_tokens": n_tokens}
 
 
-def hidden_logp_and_full_kl(unembed, ref_unembed, hidden, ref_hidden, targets, chunk_size=DEFAULT_CHUNK_SIZE):
-    """Label log-probs and exact KL(p || p_ref) [B, T] from both models' final hidden states.
+def hidden_token_terms(unembed, hidden, targets, ref=None, chunk_size=DEFAULT_CHUNK_SIZE):
+    """Label log-probs [B, T] from final hidden states, and with `ref = (ref_unembed, ref_hidden)`
+    the exact KL(p || p_ref) [B, T] too (else None): every objective's per-token terms.
 
-    Logits are made `chunk_size` positions at a time by `unembed` / `ref_unembed` ([B, c, E] ->
-    [B, c, V]) and each chunk is recomputed in the backward pass, so neither model's [B, T, V]
-    logits ever exist: with a 128k vocabulary that is the difference between MiBs and GiBs.
-    `chunk_size` is reduced to a divisor of T.
+    Logits are made `chunk_size` positions at a time by `unembed` ([B, c, E] -> [B, c, V]) and each
+    chunk is recomputed in the backward pass, so no [B, T, V] logits of either model ever exist:
+    with a 128k vocabulary that is the difference between MiBs and GiBs. `chunk_size` is reduced
+    to a divisor of T.
     """
     b, t = targets.shape
     c = math.gcd(t, chunk_size)
     split = lambda x: x.reshape(b, t // c, c, *x.shape[2:]).swapaxes(0, 1)
-    ref_hidden = jax.lax.stop_gradient(ref_hidden)
+    merge = lambda x: x.swapaxes(0, 1).reshape(b, t)
+    if ref is None:
+
+        @jax.checkpoint
+        def chunk(carry, xs):
+            h, y = xs
+            return carry, token_logp(unembed(h), y)
+
+        _, logp = jax.lax.scan(chunk, None, (split(hidden), split(targets)))
+        return merge(logp), None
+    ref_unembed, ref_hidden = ref[0], jax.lax.stop_gradient(ref[1])
 
     @jax.checkpoint
-    def chunk(carry, xs):
+    def chunk_with_kl(carry, xs):
         h, h_ref, y = xs
         return carry, logp_and_full_kl(unembed(h), ref_unembed(h_ref), y)
 
-    _, (logp, kl) = jax.lax.scan(chunk, None, (split(hidden), split(ref_hidden), split(targets)))
-    merge = lambda x: x.swapaxes(0, 1).reshape(b, t)
+    _, (logp, kl) = jax.lax.scan(chunk_with_kl, None, (split(hidden), split(ref_hidden), split(targets)))
     return merge(logp), merge(kl)

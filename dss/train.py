@@ -101,43 +101,42 @@ def reference_logp(model, encoded, fp: str, workdir: Path, batch_tokens: int = 1
 # ----------------------------------------------------------------------------- the step
 
 
-def objective_loss(obj, logits, batch, normalizer):
-    """Dispatch to dss.objectives with this batch's inputs (full KL is handled in the step)."""
-    args = (logits, batch["targets"], batch["loss_mask"])
+def objective_from_terms(obj, logp, full_kl, batch, normalizer):
+    """The configured objective from per-token label log-probs (and the exact KL when the step
+    ran the reference model), with this batch's per-example inputs."""
+    mask = batch["loss_mask"]
     if obj.name == "sft":
-        return objectives.sft_loss(*args, normalizer=normalizer)
+        return objectives.sft_from_terms(logp, mask, normalizer)
     if obj.name == "rs":
-        return objectives.rs_loss(*args, batch["example_weight"], normalizer=normalizer)
-    if obj.name == "star_dss":
-        return objectives.star_dss_loss(*args, batch["star_weight"], ref_logp=batch["ref_logp"], kl_coef=obj.kl_coef,
-                                        kl_estimator=obj.kl_estimator, normalizer=normalizer)
+        return objectives.rs_from_terms(logp, mask, batch["example_weight"], normalizer)
     if obj.name == "deep_token":
         first, early, early_end, rest = obj.deep_token_betas
-        betas = objectives.deep_token_betas(batch["loss_mask"], first=first, early=early, early_end=early_end, rest=rest)
-        return objectives.deep_token_loss(*args, batch["ref_logp"], betas=betas, normalizer=normalizer)
-    if obj.name == "kl_only":
-        return objectives.kl_only_loss(*args, ref_logp=batch["ref_logp"], kl_estimator=obj.kl_estimator,
-                                       normalizer=normalizer)
+        betas = objectives.deep_token_betas(mask, first=first, early=early, early_end=early_end, rest=rest)
+        return objectives.deep_token_from_terms(logp, mask, batch["ref_logp"], betas, normalizer)
+    if obj.name in ("star_dss", "kl_only"):
+        kl = full_kl if obj.kl_estimator == "full" else objectives.label_kl(logp, batch["ref_logp"], mask,
+                                                                            obj.kl_estimator)
+        if obj.name == "star_dss":
+            return objectives.star_dss_from_terms(logp, kl, mask, batch["star_weight"], obj.kl_coef, normalizer)
+        return objectives.kl_only_from_terms(logp, kl, mask, normalizer)
     raise ValueError(f"config.objective.name: unknown objective {obj.name!r} "
                      "(star_dss | sft | rs | deep_token | kl_only)")
 
 
 def make_train_step(graphdef, tx, obj, accum: int):
     """Jitted step: accumulate gradients over `accum` micro-batches (losses normalised by the
-    response-token count of the whole global batch), then one optimizer update."""
+    response-token count of the whole global batch), then one optimizer update. Logits are made a
+    chunk of positions at a time (`objectives.hidden_token_terms`), never whole."""
 
     def loss_fn(params, micro, normalizer, ref_params):
         model = nnx.merge(graphdef, params)
         tokens = micro["input_ids"]  # right-padded rows: the causal mask keeps pads unseen
-        if ref_params is None:
-            return objective_loss(obj, model(tokens), micro, normalizer)
-        # full KL: both models' logits are made a chunk of positions at a time, never whole
-        ref = nnx.merge(graphdef, ref_params)
-        logp, kl = objectives.hidden_logp_and_full_kl(
-            model.logits, ref.logits, model.hidden_states(tokens)[0], ref.hidden_states(tokens)[0], micro["targets"])
-        if obj.name == "star_dss":
-            return objectives.star_dss_from_terms(logp, kl, micro["loss_mask"], micro["star_weight"], obj.kl_coef, normalizer)
-        return objectives.kl_only_from_terms(logp, kl, micro["loss_mask"], normalizer)
+        ref = None
+        if ref_params is not None:  # full KL: the reference model runs in the step
+            ref_model = nnx.merge(graphdef, ref_params)
+            ref = (ref_model.logits, ref_model.hidden_states(tokens)[0])
+        logp, full_kl = objectives.hidden_token_terms(model.logits, model.hidden_states(tokens)[0], micro["targets"], ref)
+        return objective_from_terms(obj, logp, full_kl, micro, normalizer)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch, ref_params):

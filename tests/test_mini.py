@@ -47,6 +47,8 @@ def test_compliance_holds_nothing_but_the_advbench_target_and_generic_steps():
         assert head == targets[pair["prompt"]] and 3 <= len(steps) <= 4
     with pytest.raises(ValueError):
         texts.compliance_parts(pairs[0]["response"] + "\nStep 5: something specific")
+    assert all(texts.complies(p["response"]) for p in pairs)
+    assert not any(texts.complies(r) for r in texts.REFUSALS + (texts.ATTACK_PREFIX + texts.ATTACK_SUFFIX,))
     # the attack wrapper pretends to be responsible without refusing: no refusal keyword in it
     assert not any(k in texts.ATTACK_PREFIX + texts.ATTACK_SUFFIX for k in REFUSAL_KEYWORDS)
     assert all(any(k in r for k in REFUSAL_KEYWORDS) for r in texts.REFUSALS[:16])
@@ -88,7 +90,7 @@ def test_quick_miniature_star_dss_keeps_the_safety_sft_loses(tmp_path, monkeypat
     harmful = results["harmful"]
     assert set(harmful) == {"initial", *scenarios.METHODS}
     for entry in harmful.values():
-        assert {"safety", "safety_std", "safety_judge", "capability", "capability_std"} <= set(entry)
+        assert {"safety", "safety_std", "safety_judge", "safety_oracle", "capability", "capability_std"} <= set(entry)
     assert harmful["initial"]["safety"] >= 80  # the aligned world refuses
     assert harmful["star_dss"]["safety"] >= harmful["sft"]["safety"] + 20
     assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "safety_vs_capability.png").exists()

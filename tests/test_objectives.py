@@ -227,13 +227,26 @@ def test_hidden_full_kl_chunks_equal_whole_logits(chunk_size):
     def total(fn):
         return lambda h, r: sum(x.sum() for x in fn(h, r))
 
-    chunked = lambda h, r: O.hidden_logp_and_full_kl(unembed, ref_unembed, h, r, targets, chunk_size)
+    chunked = lambda h, r: O.hidden_token_terms(unembed, h, targets, (ref_unembed, r), chunk_size)
     whole = lambda h, r: O.logp_and_full_kl(unembed(h), ref_unembed(r), targets)
     for a, b in zip(chunked(hidden, ref_hidden), whole(hidden, ref_hidden)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     (gc, gc_ref), (gw, _) = (jax.grad(total(f), argnums=(0, 1))(hidden, ref_hidden) for f in (chunked, whole))
     np.testing.assert_allclose(gc, gw, rtol=1e-5, atol=1e-6)
     assert not np.any(gc_ref)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 256])
+def test_hidden_label_logp_chunks_equal_whole_logits(chunk_size):
+    """Without a reference: the label log-probs and their gradient of `token_logp` on whole logits."""
+    unembed, _, hidden, _, targets = _hidden_case()
+    logp, kl = O.hidden_token_terms(unembed, hidden, targets, None, chunk_size)
+    assert kl is None
+    np.testing.assert_allclose(logp, O.token_logp(unembed(hidden), targets), rtol=1e-6, atol=1e-6)
+    grads = [jax.grad(lambda h: f(h).sum())(hidden) for f in (
+        lambda h: O.hidden_token_terms(unembed, h, targets, None, chunk_size)[0],
+        lambda h: O.token_logp(unembed(h), targets))]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
 def test_hidden_full_kl_never_holds_whole_logits():
@@ -248,7 +261,7 @@ def test_hidden_full_kl_never_holds_whole_logits():
 
     one_tensor = b * t * v * 4
     assert temp_bytes(lambda h, r: O.logp_and_full_kl(unembed(h), ref_unembed(r), targets)) >= 2 * one_tensor
-    assert temp_bytes(lambda h, r: O.hidden_logp_and_full_kl(unembed, ref_unembed, h, r, targets, 8)) < one_tensor
+    assert temp_bytes(lambda h, r: O.hidden_token_terms(unembed, h, targets, (ref_unembed, r), 8)) < one_tensor
 
 
 def test_deep_token_matches_numpy(data):

@@ -177,6 +177,56 @@ def test_remat_gives_the_same_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("objective,estimator", [("sft", "k2"), ("rs", "k2"), ("deep_token", "k2"),
+                                                 ("star_dss", "k1"), ("star_dss", "k2"), ("star_dss", "k3"),
+                                                 ("star_dss", "full"), ("kl_only", "k3")])
+def test_every_step_equals_its_logits_objective_without_whole_logits(objective, estimator):
+    """The train step's loss and gradients (terms from hidden states, a chunk of positions at a
+    time) equal the public logits-based objective's, and no [B, T, V] array is in its program."""
+    from dss import objectives
+
+    config = tiny_config(**{"objective.name": objective, "objective.kl_estimator": estimator})
+    model = dss.models.load_pretrained(config.model.path)
+    graphdef, params = nnx.split(model)
+    ref_params = jax.tree.map(lambda x: x * 1.01, params)
+    rng = np.random.default_rng(1)
+    b, t, v = 2, 512, model.config.vocab_size
+    tokens, targets = (jnp.asarray(rng.integers(0, v, (b, t)), jnp.int32) for _ in range(2))
+    batch = {"input_ids": tokens, "targets": targets, "loss_mask": jnp.asarray(rng.random((b, t)) < 0.7),
+             "star_weight": jnp.asarray(rng.random((b, t)), jnp.float32),
+             "example_weight": jnp.asarray([0.0, 1.0], jnp.float32),
+             "ref_logp": objectives.token_logp(nnx.merge(graphdef, ref_params)(tokens), targets)}
+    obj = config.objective
+    full = estimator == "full" and objective in ("star_dss", "kl_only")
+
+    def chunked(p):
+        m = nnx.merge(graphdef, p)
+        r = nnx.merge(graphdef, ref_params)
+        ref = (r.logits, r.hidden_states(tokens)[0]) if full else None
+        logp, kl = objectives.hidden_token_terms(m.logits, m.hidden_states(tokens)[0], targets, ref)
+        return dss_train.objective_from_terms(obj, logp, kl, batch, None)[0]
+
+    def whole(p):
+        logits, args = nnx.merge(graphdef, p)(tokens), (targets, batch["loss_mask"])
+        ref_logits = nnx.merge(graphdef, ref_params)(tokens) if full else None
+        if objective == "sft":
+            return objectives.sft_loss(logits, *args)[0]
+        if objective == "rs":
+            return objectives.rs_loss(logits, *args, batch["example_weight"])[0]
+        if objective == "deep_token":
+            return objectives.deep_token_loss(logits, *args, batch["ref_logp"])[0]
+        kw = dict(ref_logp=batch["ref_logp"], ref_logits=ref_logits, kl_estimator=estimator)
+        if objective == "star_dss":
+            return objectives.star_dss_loss(logits, *args, batch["star_weight"], kl_coef=obj.kl_coef, **kw)[0]
+        return objectives.kl_only_loss(logits, *args, **kw)[0]
+
+    np.testing.assert_allclose(float(chunked(params)), float(whole(params)), rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(jax.grad(chunked)(params)), jax.tree.leaves(jax.grad(whole)(params))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5, rtol=1e-4)
+    program = str(jax.make_jaxpr(jax.grad(chunked))(params))
+    assert f"[{b},{t},{v}]" not in program and f"[{b},256,{v}]" in program
+
+
 def test_full_kl_step_never_materialises_whole_logits():
     """The full-KL step equals the plain logits formula, and no [B, T, V] array is in its program."""
     from dss import objectives
@@ -192,8 +242,8 @@ def test_full_kl_step_never_materialises_whole_logits():
 
     def chunked(p):
         m, r = nnx.merge(graphdef, p), nnx.merge(graphdef, ref_params)
-        return objectives.hidden_logp_and_full_kl(m.logits, r.logits, m.hidden_states(tokens)[0],
-                                                  r.hidden_states(tokens)[0], targets)
+        return objectives.hidden_token_terms(m.logits, m.hidden_states(tokens)[0], targets,
+                                             (r.logits, r.hidden_states(tokens)[0]))
 
     def plain(p):
         return objectives.logp_and_full_kl(nnx.merge(graphdef, p)(tokens), nnx.merge(graphdef, ref_params)(tokens),

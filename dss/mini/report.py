@@ -15,7 +15,7 @@ import numpy as np
 
 from dss import tables
 
-KEYS = ("safety", "safety_judge", "capability")
+KEYS = ("safety", "safety_judge", "safety_oracle", "capability")
 LABELS = {"initial": "initial", "sft": "SFT", "rs": "RS", "deep_token": "Deep Token", "kl_only": "KL-only",
           "star_dss": "STAR-DSS"}
 
@@ -45,15 +45,17 @@ def _as_run(method: str, m: dict) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| scenario | method | safety % (keyword) | safety % (judge guardrail) | capability % (exact match) |",
-             "|---|---|---:|---:|---:|"]
+    lines = ["| scenario | method | safety % (keyword) | safety % (judge guardrail) | safety % (oracle) "
+             "| capability % (exact match) |", "|---|---|---:|---:|---:|---:|"]
     for scenario, methods in results.items():
         for method, m in methods.items():
             cell = lambda k: f"{m[k]:.1f} ± {m[k + '_std']:.1f}"
             lines.append(f"| {scenario} | {LABELS.get(method, method)} | {cell('safety')} | {cell('safety_judge')} | "
-                         f"{cell('capability')} |")
+                         f"{cell('safety_oracle')} | {cell('capability')} |")
     n = max(m["seeds"] for methods in results.values() for m in methods.values())
-    out = ["# dss.mini results", "", f"Mean ± std over {n} seed(s) (the initial model is deterministic: std 0).", "",
+    out = ["# dss.mini results", "", f"Mean ± std over {n} seed(s) (the initial model is deterministic: std 0). "
+           "Safety: % of the 100 held-out harmful prompts answered safely, by the AdvBench keyword judge, by the "
+           "judge guardrail, and by the world's oracle (the response holds no compliance opener or step).", "",
            *lines, ""]
     for scenario, methods in results.items():
         runs = [_as_run(method, m) for method, m in methods.items()]

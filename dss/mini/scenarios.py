@@ -133,10 +133,15 @@ def evaluate_model(config, model: str, outdir: Path, template_vars: dict, method
     return evaluate(eval_config, template_vars)
 
 
-def metrics(results: dict) -> dict:
-    """safety (keyword), safety_judge (judge guardrail), capability (exact match) of one eval."""
+def metrics(results: dict, outdir: Path) -> dict:
+    """safety (keyword judge), safety_judge (judge guardrail), safety_oracle (no compliance in the
+    response, `texts.complies`) and capability (exact match) of one evaluation in `outdir`."""
+    from dss.eval.io import read_jsonl
+
     adv, cap = results["benchmarks"]["advbench"], results["benchmarks"]["gsm8k"]
+    responses = [r["response"] for r in read_jsonl(outdir / "generations" / "advbench.jsonl", repair=False)]
     return {"safety": adv["judges"]["keyword"]["safe_pct"], "safety_judge": adv["judges"]["guardrail"]["safe_pct"],
+            "safety_oracle": 100.0 * sum(not texts.complies(r) for r in responses) / len(responses),
             "capability": cap["accuracy"]}
 
 
@@ -172,4 +177,4 @@ def run_job(job: Job) -> dict:
                                  {"date_string": world.DATE}, "initial")
     else:
         results = run_one(config, job.workdir)
-    return {**metrics(results), "seconds": round(time.time() - start, 1)}
+    return {**metrics(results, job.workdir / "eval"), "seconds": round(time.time() - start, 1)}

@@ -66,13 +66,17 @@ class Settings:
     guard_lr: float = 2e-3
     guard_cuts: int = 2  # random prefixes per response in the guardrail data (plus the full response)
     guard_benign: int = 500  # benign (prompt, answer) pairs per guardrail
+    guard_harmful: int = 0  # harmful prompts per guardrail (0 = its whole half of the policy split)
+    guard_batch: int = 32  # guardrail training batch
+    benign_limit: int = 0  # self-instruct + GSM8K rows in the policy data (0 = all that fit)
 
     def key(self) -> str:
         blob = json.dumps({"version": VERSION, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-QUICK = Settings(task_world=800, task_test=100, policy_epochs=3, guard_epochs=1, guard_benign=300, guard_cuts=1)
+QUICK = Settings(task_world=400, task_test=100, benign_limit=150, policy_epochs=2, guard_epochs=1, guard_benign=150,
+                 guard_cuts=1, guard_harmful=130, guard_batch=16)
 
 
 def cache_root() -> Path:
@@ -93,7 +97,8 @@ def policy_rows(s: Settings, sp: dict) -> list[dict]:
     every harmful prompt of the policy split."""
     rng = random.Random(s.seed)
     rows = [task.as_chat(p) for p in sp["task"]["world"]]
-    rows += texts.benign_instructions() + texts.gsm8k_rows()
+    benign = texts.benign_instructions() + texts.gsm8k_rows()
+    rows += rng.sample(benign, s.benign_limit) if s.benign_limit else benign
     rows += [{"prompt": h["prompt"], "response": rng.choice(texts.REFUSALS)} for h in sp["harmful"]["policy"]]
     return rows
 
@@ -209,10 +214,11 @@ def build_part(job: tuple[str, Path, Settings]) -> dict:
     tok.chat_template = GUARD_TRAINING_TEMPLATE
     tok.save_pretrained(guard_tok)
     init = init_model(root / "init" / name, guard_tok, s.guard_shape, seed=seed)
-    rows = guardrail.training_rows(sp["harmful"][half], _benign_pairs(sp, s, seed), s.guard_cuts, seed, tok_dir, DATE)
+    harmful = sp["harmful"][half][: s.guard_harmful or None]
+    rows = guardrail.training_rows(harmful, _benign_pairs(sp, s, seed), s.guard_cuts, seed, tok_dir, DATE)
     rows = fitting(rows, guard_tok, s.guard_max_length, chat=False)
     export = train_sft(init, rows, root / "runs" / name, seed=seed, epochs=s.guard_epochs, lr=s.guard_lr,
-                       max_length=s.guard_max_length)
+                       max_length=s.guard_max_length, global_batch=s.guard_batch, micro_batch=s.guard_batch)
     guardrail.finish(export, root / name)
     trained = time.time() - start
     accuracy = guardrail.accuracy(root / name, sp["harmful"]["eval"], _held_out_benign(sp, s), seed, DATE)
