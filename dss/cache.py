@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,12 @@ _SAMPLE_BYTES = 1 << 20
 
 class StaleCacheError(ValueError):
     """The cache file exists but was made for other inputs."""
+
+
+def cache_root() -> Path:
+    """Where dss keeps what it can rebuild (tiny assets, compiled programs): `$DSS_CACHE`, else
+    ~/.cache/dss."""
+    return Path(os.environ.get("DSS_CACHE", Path.home() / ".cache" / "dss"))
 
 
 def fingerprint(*parts) -> str:

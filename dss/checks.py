@@ -87,6 +87,7 @@ def check_star_config(config, needed_by: str = "python -m dss.star") -> None:
 def check_train_config(config) -> None:
     """Every setting `dss.train.train` can find wrong, checked before the tokenizer, data, STAR or
     model is loaded (call it after `jax.distributed.initialize`: it builds the mesh)."""
+    from dss.models.transformer import REMAT_POLICIES
     from dss.objectives import KL_ESTIMATORS
     from dss.train import NEEDS_STAR  # imported here: dss.train imports this module
 
@@ -94,6 +95,7 @@ def check_train_config(config) -> None:
     _one_of(config, "objective.kl_estimator", KL_ESTIMATORS, "KL estimator")
     _one_of(config, "objective.rs_mode", RS_MODES, "rs mode")
     _one_of(config, "data.train_on", TRAIN_ON, "train_on")
+    _one_of(config, "train.remat", tuple(REMAT_POLICIES), "remat policy")
     if not config.model.path:
         raise ValueError("config.model.path = '': give the policy to finetune (HF directory or hub id)")
     _sources(config)

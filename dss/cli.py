@@ -13,6 +13,19 @@ config_flags.DEFINE_config_file("config", None, "experiment config file (configs
 flags.DEFINE_string("workdir", None, "output directory (default: config.workdir)")
 
 
+def enable_compile_cache(directory: str) -> None:
+    """JAX's persistent compilation cache for this job: a rerun, a resume or the next job of a
+    run loads the programs it compiled before instead of compiling them again."""
+    if directory == "off":
+        return
+    import jax
+
+    from dss.cache import cache_root
+
+    jax.config.update("jax_compilation_cache_dir", directory or str(cache_root() / "jax_compile"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # skip trivial programs
+
+
 def run(job: Callable[[object, str], object]) -> None:
     """Parse flags and call `job(config, workdir)`."""
 
@@ -23,6 +36,7 @@ def run(job: Callable[[object, str], object]) -> None:
         logging.getLogger("absl").setLevel(logging.WARNING)  # orbax and jax are chatty at INFO
         if FLAGS.config is None:
             raise app.UsageError("--config configs/<experiment>.py is required")
+        enable_compile_cache(FLAGS.config.get("compile_cache", ""))
         job(FLAGS.config, FLAGS.workdir or FLAGS.config.get("workdir", ""))
 
     app.run(main)

@@ -16,6 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0  # data order and initialisation seed
     c.workdir = "workdir/run"  # checkpoints, caches, metrics, export (overridden by --workdir)
     c.distributed = False  # join a multi-host cluster with jax.distributed.initialize (TPU pods, SLURM)
+    c.compile_cache = ""  # JAX persistent compilation cache; "" = $DSS_CACHE/jax_compile (~/.cache/dss/...); "off"
     c.cluster = ml_collections.ConfigDict()  # how (with distributed=True); unset fields are detected
     c.cluster.coordinator = ""  # host:port of process 0; "" = detected (SLURM, Cloud TPU, $JAX_COORDINATOR_ADDRESS)
     c.cluster.num_processes = 0  # 0 = detected
@@ -82,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.b1, c.train.b2 = 0.9, 0.95  # AdamW betas
     c.train.weight_decay = 0.0
     c.train.clip = 1.0  # global gradient-norm clip
-    c.train.remat = False  # rematerialise each block in the backward pass (less memory, ~1/3 more compute)
+    c.train.remat = "none"  # block remat: none | full (keep its input; ~1/3 more compute) | save_dots (keep matmul outputs)
     c.train.checkpoint_every = 100  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     c.train.keep = 3  # checkpoints kept
     c.train.checkpoint_dir = ""  # "" = <workdir>/checkpoints; any etils.epath path (gs://bucket/run/ckpt)

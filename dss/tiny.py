@@ -8,13 +8,12 @@ chat template. They exercise the whole pipeline in minutes on a laptop; their nu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import transformers
 from flax import nnx
 
-from dss import assets
+from dss import assets, cache
 from dss.atomic import atomic_dir
 from dss.models import ModelConfig, Transformer, save_pretrained
 
@@ -23,7 +22,7 @@ DEMO_DATA = Path(__file__).parent / "data" / "demo.jsonl"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DSS_CACHE", Path.home() / ".cache" / "dss")) / f"tiny-{VERSION}"
+    return cache.cache_root() / f"tiny-{VERSION}"
 
 
 def _texts() -> list[str]:

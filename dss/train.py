@@ -315,13 +315,13 @@ def train(config, workdir) -> dict:
     extras = {}
     if obj.name in NEEDS_STAR:
         extras.update(star_inputs(config, workdir, examples, encoded, template_vars))
-    model = dss.models.load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype, mesh=mesh)
+    model = dss.models.load_pretrained(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype, mesh=mesh,
+                                       remat=t.remat)
     if needs_ref_logp(obj):
         fp = cache.fingerprint("ref_logp", cache.weights_fingerprint(model_path), config.model.dtype,
                                [e.input_ids.tolist() for e in encoded])
         extras.update(reference_logp(model, encoded, fp, workdir))
 
-    model.remat = t.remat
     steps_per_epoch = len(encoded) // t.global_batch
     total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
     tx, schedule = make_optimizer(t, steps_per_epoch * t.epochs)

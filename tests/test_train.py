@@ -94,6 +94,8 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     done = losses(stopped)
     assert 3 <= max(done) < 10 and "run the same command to resume" in err
+    compiled = Path(os.environ["DSS_CACHE"]) / "jax_compile"  # the CLI's persistent compilation cache
+    assert compiled.is_dir() and any(compiled.iterdir())
 
     dss_train.train(tiny_config(**overrides), stopped)  # the same command again resumes
     resumed = losses(stopped)

@@ -133,11 +133,12 @@ def resolve_path(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}") from e
 
 
-def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None) -> Transformer:
+def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None, remat="none") -> Transformer:
     """Load an HF directory (or hub id) as a `Transformer` computing in `dtype`.
 
     Parameters are stored in `param_dtype` (default: `dtype`). With a mesh, every tensor is
     placed shard by shard by `dss.sharding.RULES` (or `rules`), never whole on one device.
+    `remat` is the block rematerialisation policy (`dss.models.transformer.REMAT_POLICIES`).
     """
     path = resolve_path(path)
     config_file = path / "config.json"
@@ -149,7 +150,7 @@ def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=No
         raise ValueError(f"{config_file}: invalid JSON ({e})") from e
     cfg = ModelConfig.from_hf(raw, source=str(config_file))
     param_dtype = jnp.dtype(param_dtype or dtype)
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
 
     tensors, names = SafetensorsDir(path), hf_names(cfg)

@@ -2,7 +2,8 @@
 
 Weights are stored in einsum-friendly layouts ([in, ..., out]) and carry `logical_axes`
 metadata that `dss.sharding.RULES` maps to the device mesh. Attention takes an arbitrary boolean
-"query may attend key" mask; sliding windows apply on top of it, measured in positions.
+"query may attend key" mask; sliding windows apply on top of it, measured in positions. Plain
+causal self-attention (no mask, cache or positions given) is left to `attend` to run fused.
 """
 
 from __future__ import annotations
@@ -18,6 +19,14 @@ from dss.models.rope import apply_rope, inverse_frequencies
 from dss.sharding import constrain
 
 ACT_AXES = ("act_batch", "act_seq", "act_embed")
+
+# What each block keeps for the backward pass (`Transformer(remat=...)`); the rest is recomputed.
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: every activation is kept (fastest, most memory)
+    "full": jax.checkpoint_policies.nothing_saveable,  # only the block's input; ~1/3 more compute
+    # the outputs of the projection and MLP matmuls; attention and elementwise ops are recomputed
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class KVCache(NamedTuple):
@@ -51,17 +60,56 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(self.dtype) * y.astype(self.dtype)
 
 
-def attend(q, k, v, mask, scale: float, softcap: float | None):
-    """Grouped-query attention. q [B,L,H,D], k/v [B,S,K,D], mask bool [B,L,S] -> [B,L,H,D]."""
+def attend(q, k, v, mask, scale: float, softcap: float | None, window: int | None = None):
+    """Grouped-query attention. q [B,L,H,D], k/v [B,S,K,D] -> [B,L,H,D].
+
+    `mask` is bool [B,L,S] (any "query may attend key" pattern, windows already folded in), or
+    None for causal self-attention (S = L, slot = position) within an optional sliding `window`.
+    That case goes to cuDNN's fused kernel on GPU in half precision without soft-capping: no
+    [L, S] scores in memory. Everything else, and CPU/TPU, runs `_einsum_attend`, which equals
+    `jax.nn.dot_product_attention`'s XLA path but is ~2x faster on CPU.
+    """
+    if mask is None and softcap is None and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return fused_causal(q, k, v, scale, window, implementation="cudnn")
+        except NotImplementedError:  # a head size or GPU generation the kernel does not cover
+            pass
+    if mask is None:
+        mask = causal_mask(q.shape[1], window)[None]
+    return _einsum_attend(q, k, v, mask, scale, softcap)
+
+
+def fused_causal(q, k, v, scale: float, window: int | None, implementation: str):
+    """Causal self-attention as `jax.nn.dot_product_attention` (grouped K/V, the window as its
+    left local window: query i sees keys i - window < j <= i)."""
+    local = None if window is None else (window - 1, 0)
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, local_window_size=local,
+                                        implementation=implementation)
+
+
+def causal_mask(length: int, window: int | None = None):
+    """bool [L, L]: query i sees keys j <= i (and i - j < window)."""
+    i, j = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
+    return (j <= i) if window is None else (j <= i) & (i - j < window)
+
+
+def _einsum_attend(q, k, v, mask, scale, softcap):
+    """Attention with an arbitrary mask [B|1, L, S] and optional soft-capping (Gemma 2).
+
+    The G query heads of each KV head are merged into its rows, so each (batch, KV head) is one
+    [G*L, D] x [D, S] matmul: XLA:CPU runs that 2-3x faster than the grouped 5-D einsum.
+    """
     b, l, h, d = q.shape
     kv = k.shape[2]
-    q = q.reshape(b, l, kv, h // kv, d)
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k, preferred_element_type=jnp.float32) * scale
+    g = h // kv
+    q = q.reshape(b, l, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * l, d)
+    scores = jnp.einsum("bkqd,bskd->bkqs", q, k, preferred_element_type=jnp.float32) * scale
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, l, h, d)
+    scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, l, -1), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * l, -1)
+    out = jnp.einsum("bkqs,bskd->bkqd", probs, v)
+    return out.reshape(b, kv, g, l, d).transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
 
 
 class Attention(nnx.Module):
@@ -101,9 +149,9 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
             new_kv = (k, v)
-        if self.window is not None:
+        if mask is not None and self.window is not None:  # without a mask, slots are positions: attend applies it
             mask = mask & (positions[:, :, None] - key_positions[:, None, :] < self.window)
-        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.scale, self.softcap)
+        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.scale, self.softcap, self.window)
         out = jnp.einsum("blhd,hde->ble", out, self.o[...].astype(self.dtype))
         if self.o_bias_on:
             out = out + self.o_bias[...].astype(self.dtype)
@@ -157,17 +205,22 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Decoder-only LM. `model(tokens)` -> logits [B, L, V] (float32)."""
+    """Decoder-only LM. `model(tokens)` -> logits [B, L, V] (float32).
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        self.config, self.dtype = cfg, jnp.dtype(dtype)
+    `remat` names what each block keeps for the backward pass, one of `REMAT_POLICIES`.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
+                 rngs: nnx.Rngs):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={remat!r}: unknown policy; use one of {', '.join(REMAT_POLICIES)}")
+        self.config, self.dtype, self.remat = cfg, jnp.dtype(dtype), remat
         std = cfg.initializer_range
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, std)
         self.layers = nnx.List([Block(cfg, i, self.dtype, param_dtype, rngs) for i in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family.norm_offset, self.dtype, param_dtype)
         if not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype, std)
-        self.remat = False  # recompute each block's activations in the backward pass (saves memory)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
         """An empty cache; slots hold position -1 until written."""
@@ -194,28 +247,37 @@ class Transformer(nnx.Module):
     def hidden_states(self, tokens, positions=None, attention_mask=None, *, cache=None, cache_index=0, cache_rows=None):
         """Final-layer hidden states before the last norm, [B, L, E]; lets callers unembed a subset."""
         b, l = tokens.shape
+        default_positions = positions is None
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(l, dtype=jnp.int32), (b, l))
         positions = positions.astype(jnp.int32)
         rows = (lambda x: x) if cache_rows is None else (lambda x: jnp.take(x, cache_rows, axis=0))
-        if cache is None:
-            key_positions = positions
-            mask = jnp.tril(jnp.ones((l, l), bool))[None] if attention_mask is None else attention_mask
-        else:
+        if cache is not None:
             key_positions = jax.lax.dynamic_update_slice(rows(cache.positions), positions, (0, cache_index))
             slots = jnp.arange(cache.positions.shape[1])
             causal = slots[None, :] <= cache_index + jnp.arange(l)[:, None]
             mask = causal[None] if attention_mask is None else attention_mask
-        mask = jnp.broadcast_to(mask, (b, l, key_positions.shape[1]))
+        else:
+            key_positions = positions
+            if attention_mask is not None:
+                mask = attention_mask
+            elif default_positions:
+                mask = None  # plain causal self-attention (slot = position): `attend` may run it fused
+            else:
+                mask = causal_mask(l)[None]
+        if mask is not None:
+            mask = jnp.broadcast_to(mask, (b, l, key_positions.shape[1]))
 
         x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)
         if self.config.embed_scale != 1.0:
             x = x * jnp.asarray(self.config.embed_scale, self.dtype)
         x = constrain(x, ACT_AXES)
         keys, values = [], []
+        call = lambda blk, *args: blk(*args)
+        if self.remat != "none":
+            call = nnx.remat(call, policy=REMAT_POLICIES[self.remat])
         for i, block in enumerate(self.layers):
             cache_kv = None if cache is None else (rows(cache.keys[i]), rows(cache.values[i]))  # per layer
-            call = nnx.remat(lambda blk, *args: blk(*args)) if self.remat else (lambda blk, *args: blk(*args))
             x, new_kv = call(block, x, positions, mask, key_positions, cache_kv, cache_index)
             if new_kv is not None:
                 keys.append(new_kv[0])
