@@ -6,6 +6,7 @@ import dss.star
 import dss.train
 from dss.checks import check_star_config, check_train_config
 from dss.config import base_config
+from overrides import override
 
 
 def config(**overrides):
@@ -14,13 +15,7 @@ def config(**overrides):
     c.model.path = "tiny:policy"
     c.guardrail.paths = ["tiny:guardrail"]
     c.data.sources = [dict(path="data.jsonl")]
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 def test_a_good_config_passes():

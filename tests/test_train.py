@@ -18,6 +18,7 @@ from flax import nnx
 
 import dss.models
 from dss import train as dss_train
+from overrides import override
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,15 +33,7 @@ def tiny_config(**overrides):
     sys.path.insert(0, str(REPO / "configs"))
     import tiny
 
-    config = tiny.get_config()
-    config.unlock() if hasattr(config, "unlock") else None
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return override(tiny.get_config(), **overrides)
 
 
 def losses(workdir: Path) -> dict[int, float]:
