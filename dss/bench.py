@@ -5,8 +5,9 @@ star  — STAR scoring, shared_kv vs naive, on one random guardrail and real pro
         (the template head once, one pass over each prompt + response, plus K template tails)
         that shared_kv achieves.
 train — train-step time of STAR-DSS (k2, precomputed reference; and full KL with the reference
-        model in the step) relative to SFT on the same model and batch; SFT tokens/s and model
-        TFLOP/s (6 x matmul parameters + attention per token; divide by the chip's peak for MFU).
+        model in the step) relative to SFT on the same model and batch, each variant's compile
+        time and peak scratch memory (against one float32 [B, T, V] for scale); SFT tokens/s and
+        model TFLOP/s (6 x matmul parameters + attention per token; divide by the chip's peak for MFU).
 Numbers are measured in one process, warm (compiled) runs only, so the ratios are comparable.
 """
 
@@ -152,12 +153,17 @@ def bench_train() -> dict:
     del model
     state = [params, tx.init(params)]  # one state, stepped by every variant in turn (values do not affect time)
     ref = jax.tree.map(jnp.copy, params)
-    steps = {}
+    steps, compile_s, temp_mib = {}, {}, {}
     for label, obj in variants.items():
         obj = ml_collections.ConfigDict({"kl_coef": 0.5, "kl_estimator": "k2", **obj})
         uses_ref = obj.kl_estimator == "full" and obj.name == "star_dss"
-        steps[label] = (dss_train.make_train_step(graphdef, tx, obj, accum=2), ref if uses_ref else None)
-        state[0], state[1], _ = steps[label][0](state[0], state[1], batch, steps[label][1])  # compile
+        start = time.perf_counter()
+        compiled = dss_train.make_train_step(graphdef, tx, obj, accum=2).lower(
+            state[0], state[1], batch, ref if uses_ref else None).compile()
+        compile_s[label] = time.perf_counter() - start
+        temp_mib[label] = compiled.memory_analysis().temp_size_in_bytes / 2**20  # peak scratch beyond the arguments
+        steps[label] = (compiled, ref if uses_ref else None)
+        state[0], state[1], _ = compiled(state[0], state[1], batch, steps[label][1])  # warm-up
     samples = {label: [] for label in steps}
     for _ in range(FLAGS.repeats + 2):  # interleaved, so load changes hit every variant alike
         for label, (step, step_ref) in steps.items():
@@ -169,6 +175,9 @@ def bench_train() -> dict:
     return {
         "model": FLAGS.guard_size, "dtype": FLAGS.dtype, "batch": [b, t], "device": jax.devices()[0].device_kind,
         **{f"{k}_step_s": round(v, 4) for k, v in times.items()},
+        **{f"{k}_compile_s": round(v, 2) for k, v in compile_s.items()},
+        **{f"{k}_temp_mib": round(v, 1) for k, v in temp_mib.items()},
+        "whole_logits_mib": round(b * t * cfg.vocab_size * 4 / 2**20, 1),  # one float32 [B, T, V], for scale
         **{f"{k}_vs_sft": round(v / times["sft"], 3) for k, v in times.items() if k != "sft"},
         "sft_tokens_per_s": round(b * t / times["sft"]),
         "sft_model_tflops_per_s": round(flops_per_token * b * t / times["sft"] / 1e12, 2),

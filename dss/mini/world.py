@@ -75,7 +75,7 @@ class Settings:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-QUICK = Settings(task_world=400, task_test=100, benign_limit=150, policy_epochs=2, guard_epochs=1, guard_benign=150,
+QUICK = Settings(task_world=400, task_test=100, benign_limit=150, policy_epochs=2, guard_epochs=2, guard_benign=100,
                  guard_cuts=1, guard_harmful=130, guard_batch=16)
 
 
