@@ -31,14 +31,15 @@ def test_each_policy_gives_the_same_gradients_and_keeps_less(path):
         grads[name] = jax.jit(jax.grad(loss))(params)
         _, backward = jax.vjp(loss, params)
         kept[name] = sum(x.size for x in jax.tree.leaves(backward))  # residuals held for the backward pass
-    for name in REMAT_POLICIES:
+    for name in REMAT_POLICIES:  # recomputation reorders float32 sums: within 1e-5 of each tensor's largest entry
         for a, b in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[name])):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5, err_msg=name)
+            a, b = np.asarray(a), np.asarray(b)
+            np.testing.assert_allclose(b, a, atol=1e-5 * np.abs(a).max(), rtol=0, err_msg=name)
     assert kept["full"] < kept["save_dots"] < kept["none"]
 
 
 def test_an_unknown_policy_is_refused_with_the_list(path):
-    with pytest.raises(ValueError, match=r"^remat='offload': unknown policy; use one of none, full, save_dots$"):
+    with pytest.raises(ValueError, match=r"^remat='offload': unknown policy; use one of none, full, save_dots"):
         dss.models.load_pretrained(path, remat="offload")
     with pytest.raises(ValueError) as err:
         check_train_config(good_config(**{"train.remat": "all"}))

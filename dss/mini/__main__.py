@@ -20,7 +20,11 @@ QUICK_SCENARIOS = ("harmful",)
 PLOTTED = 4  # STAR trajectory plots of the first examples of the plotted scenario
 
 
-def run(outdir: Path, quick: bool = False, seeds: int | None = None, workers: int = 2, progress=print) -> dict:
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run(outdir: Path, quick: bool = False, seeds: int | None = None, workers: int = 2, progress=say) -> dict:
     start = time.time()
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -30,6 +34,11 @@ def run(outdir: Path, quick: bool = False, seeds: int | None = None, workers: in
     recipe = scenarios.Recipe()
     world_dir = world.build_world(s, workers, progress)
     world_seconds = time.time() - start
+    marker = outdir / "world.txt"  # runs of another world cannot be mixed in (dss.eval refuses them too)
+    if marker.exists() and marker.read_text().strip() != str(world_dir):
+        raise ValueError(f"{outdir} holds runs of the world {marker.read_text().strip()}, not {world_dir}; "
+                         "use a new --outdir")
+    marker.write_text(f"{world_dir}\n")
     files = scenarios.write_data(world_dir, s, outdir / "data")
 
     star_start = time.time()

@@ -16,7 +16,6 @@ seeds), and `dss.eval.runner.evaluate` with the keyword judge and the judge guar
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 from pathlib import Path
 
@@ -116,18 +115,18 @@ def run_one(config, workdir: Path) -> dict:
     """Finetune (dss.train) and evaluate (dss.eval) one (scenario, method, seed); resumable."""
     import dss.train
     from dss import templating
-    from dss.eval.runner import evaluate
 
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "export" / "config.json").exists():
         dss.train.train(config, workdir)
-    return evaluate_model(config, str(workdir), workdir / "eval",
-                          templating.run_template_vars(config.template, workdir), config.objective.name, evaluate)
+    template_vars = templating.run_template_vars(config.template, workdir)
+    return evaluate_model(config, str(workdir), workdir / "eval", template_vars, config.objective.name)
 
 
-def evaluate_model(config, model: str, outdir: Path, template_vars: dict, method: str, evaluate=None) -> dict:
-    if evaluate is None:
-        from dss.eval.runner import evaluate
+def evaluate_model(config, model: str, outdir: Path, template_vars: dict, method: str) -> dict:
+    """dss.eval of `model` with the config's eval section, into `outdir`."""
+    from dss.eval.runner import evaluate
+
     eval_config = config.eval.to_dict()
     eval_config.update(model=model, outdir=str(outdir), method=method)
     return evaluate(eval_config, template_vars)
@@ -145,8 +144,6 @@ def metrics(results: dict, outdir: Path) -> dict:
             "capability": cap["accuracy"]}
 
 
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,7 +75,7 @@ class Settings:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-QUICK = Settings(task_world=400, task_test=100, benign_limit=150, policy_epochs=2, guard_epochs=2, guard_benign=100,
+QUICK = Settings(task_world=400, task_test=100, benign_limit=150, policy_epochs=4, guard_epochs=2, guard_benign=100,
                  guard_cuts=1, guard_harmful=130, guard_batch=16)
 
 
@@ -221,7 +221,7 @@ def build_part(job: tuple[str, Path, Settings]) -> dict:
                        max_length=s.guard_max_length, global_batch=s.guard_batch, micro_batch=s.guard_batch)
     guardrail.finish(export, root / name)
     trained = time.time() - start
-    accuracy = guardrail.accuracy(root / name, sp["harmful"]["eval"], _held_out_benign(sp, s), seed, DATE)
+    accuracy = guardrail.accuracy(root / name, sp["harmful"]["eval"], _held_out_benign(sp), seed, DATE)
     return {"rows": len(rows), "train_seconds": round(trained, 1), "accuracy": accuracy,
             "seconds": round(time.time() - start, 1)}
 
@@ -246,7 +246,8 @@ def _benign_pairs(sp: dict, s: Settings, seed: int) -> list[dict]:
     return random.Random(seed).sample(rows, min(s.guard_benign, len(rows)))
 
 
-def _held_out_benign(sp: dict, s: Settings) -> list[dict]:
+def _held_out_benign(sp: dict) -> list[dict]:
+    """Benign pairs no guardrail has seen: the first 100 test problems of the task."""
     return [task.as_chat(p) for p in sp["task"]["test"][:100]]
 
 

@@ -66,8 +66,9 @@ def attend(q, k, v, mask, scale: float, softcap: float | None, window: int | Non
     `mask` is bool [B,L,S] (any "query may attend key" pattern, windows already folded in), or
     None for causal self-attention (S = L, slot = position) within an optional sliding `window`.
     That case goes to cuDNN's fused kernel on GPU in half precision without soft-capping: no
-    [L, S] scores in memory. Everything else, and CPU/TPU, runs `_einsum_attend`, which equals
-    `jax.nn.dot_product_attention`'s XLA path but is ~2x faster on CPU.
+    [L, S] scores in memory. Everything else, and CPU/TPU, runs `_einsum_attend`: the numbers of
+    `jax.nn.dot_product_attention`'s XLA path (which JAX also picks for implementation=None),
+    1.5-2x faster on CPU.
     """
     if mask is None and softcap is None and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         try:
@@ -97,7 +98,7 @@ def _einsum_attend(q, k, v, mask, scale, softcap):
     """Attention with an arbitrary mask [B|1, L, S] and optional soft-capping (Gemma 2).
 
     The G query heads of each KV head are merged into its rows, so each (batch, KV head) is one
-    [G*L, D] x [D, S] matmul: XLA:CPU runs that 2-3x faster than the grouped 5-D einsum.
+    [G*L, D] x [D, S] matmul: XLA:CPU runs that about 2x faster than a grouped 5-D einsum.
     """
     b, l, h, d = q.shape
     kv = k.shape[2]
