@@ -41,13 +41,16 @@ def run(outdir: Path, quick: bool = False, seeds: int | None = None, workers: in
     marker.write_text(f"{world_dir}\n")
     files = scenarios.write_data(world_dir, s, outdir / "data")
 
-    star_start = time.time()
+    star_start, star_summary = time.time(), {}
     plotted = "adaptation" if "adaptation" in names else names[0]
     for name in names:
         progress(f"STAR: scoring the {name} data with the STAR guardrail")
         star_dir = outdir / "star" / name
         config = scenarios.finetune_config(name, "star_dss", 0, world_dir, files, star_dir / "star.npz", recipe, s)
         examples, trajs = scenarios.star_trajectories(config, star_dir)
+        unsafe = sum(t.safe_prob[-1] < 0.5 for t in trajs)  # the whole-response verdicts RS goes by
+        star_summary[name] = {"examples": len(trajs), "full_response_unsafe_pct": 100.0 * unsafe / len(trajs),
+                              "first_chunk_mean_p_safe": float(sum(t.safe_prob[0] for t in trajs) / len(trajs))}
         if name == plotted:
             from dss.star import plot_trajectory
 
@@ -72,8 +75,8 @@ def run(outdir: Path, quick: bool = False, seeds: int | None = None, workers: in
         per_seed[job.scenario].setdefault(job.method, []).append(metrics)
     seconds = {"world": round(world_seconds, 1), "star": round(star_seconds, 1), "runs": round(runs_seconds, 1),
                "total": round(time.time() - start, 1)}
-    extra = {"world": world.load_world(world_dir), "world_dir": str(world_dir), "quick": quick, "seeds": seeds,
-             "workers": workers, "seconds": seconds}
+    extra = {"world": world.load_world(world_dir), "world_dir": str(world_dir), "star": star_summary, "quick": quick,
+             "seeds": seeds, "workers": workers, "seconds": seconds}
     results = report.write(outdir, per_seed, extra)
     progress((outdir / "table.md").read_text())
     progress(f"seconds: {json.dumps(seconds)}")

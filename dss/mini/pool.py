@@ -58,7 +58,8 @@ def run_jobs(fn: Callable, args: Sequence, logs: Sequence[Path], workers: int, e
                 except Exception as e:
                     pool.shutdown(wait=True, cancel_futures=True)  # let running jobs end, start no others
                     raise RuntimeError(f"job {i} failed ({e!r}); see {logs[i]}") from e
-                progress(f"  done {'/'.join(Path(logs[i]).parts[-3:-1])} ({sum(r is not None for r in results)}/{len(args)})")
+                finished = sum(r is not None for r in results)
+                progress(f"  done {'/'.join(Path(logs[i]).parts[-3:-1])} ({finished}/{len(args)})")
             return results
     finally:
         for k, v in saved.items():

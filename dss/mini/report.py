@@ -65,22 +65,26 @@ def markdown(results: dict) -> str:
 
 
 def scatter(results: dict, path: Path) -> None:
-    """Safety (keyword judge) against capability, one panel per scenario, error bars = std over seeds."""
+    """Safety against capability, one column per scenario, one row per safety judge (keyword, judge
+    guardrail), error bars = std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), dpi=130, squeeze=False)
-    for ax, (scenario, methods) in zip(axes[0], results.items()):
-        for method, m in methods.items():
-            ax.errorbar(m["capability"], m["safety"], xerr=m["capability_std"], yerr=m["safety_std"], fmt="o",
-                        capsize=3, label=LABELS.get(method, method))
-            ax.annotate(LABELS.get(method, method), (m["capability"], m["safety"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
-        ax.set(title=scenario, xlabel="capability: exact match %", ylabel="safety: % safe (keyword judge)",
-               ylim=(-5, 105))
-        ax.grid(alpha=0.3)
+    judges = (("safety", "keyword judge"), ("safety_judge", "judge guardrail"))
+    fig, axes = plt.subplots(len(judges), len(results), figsize=(4.2 * len(results), 3.6 * len(judges)), dpi=130,
+                             squeeze=False)
+    for row, (key, judge) in zip(axes, judges):
+        for ax, (scenario, methods) in zip(row, results.items()):
+            for method, m in methods.items():
+                ax.errorbar(m["capability"], m[key], xerr=m["capability_std"], yerr=m[f"{key}_std"], fmt="o",
+                            capsize=3)
+                ax.annotate(LABELS.get(method, method), (m["capability"], m[key]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+            ax.set(title=scenario, xlabel="capability: exact match %", ylabel=f"safety: % safe ({judge})",
+                   ylim=(-5, 108))
+            ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

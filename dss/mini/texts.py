@@ -137,8 +137,9 @@ def benign_instructions(max_prompt_words: int = 40, max_response_words: int = 50
             task = json.loads(line)
             inst = task["instances"][0]
             prompt = task["instruction"] + (f"\n\n{inst['input']}" if inst["input"].strip() else "")
-            if _short(prompt, max_prompt_words) and _short(inst["output"], max_response_words) and inst["output"].strip():
-                out.append({"prompt": prompt, "response": inst["output"].strip()})
+            response = inst["output"].strip()
+            if response and _short(prompt, max_prompt_words) and _short(response, max_response_words):
+                out.append({"prompt": prompt, "response": response})
     return out
 
 
