@@ -15,9 +15,10 @@ from transformers.generation import logits_process as lp
 
 from dss import assets, cache, star
 from dss.segments import word_cuts
+from dss.data import BUNDLED_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+DATA = BUNDLED_DIR  # the licensed data shipped in dss/data/files
 
 
 def _examples():
