@@ -43,7 +43,8 @@ def _make(out: Path, template: str, seed: int, layers: int) -> None:
             rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
                                  high_freq_factor=4.0, original_max_position_embeddings=1024),
         )
-        save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(seed)), tmp)
+        # this host's own copy: written whatever its process index (the model is not sharded)
+        save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(seed)), tmp, write=True)
 
 
 # name -> (directory under the cache, chat template, init seed)

@@ -53,3 +53,14 @@ def test_eval_and_landscape_take_the_workdir_run(tiny_config, tmp_path, capsys):
     assert out["model"] == str(workdir / "export") and len(out["asr"]) == 3
     settings = json.loads((workdir / "landscape" / "settings.json").read_text())
     assert settings["template_vars"] == fixed
+
+
+def test_a_host_other_than_process_0_builds_whole_tiny_assets(tmp_path, monkeypatch):
+    """Hosts of a multi-host job may race to build the tiny assets; the winner may be process 1."""
+    import jax
+
+    from dss import tiny
+
+    monkeypatch.setenv("DSS_CACHE", str(tmp_path))
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert (Path(tiny.asset("policy")) / "config.json").exists()

@@ -186,11 +186,14 @@ def _place(value: np.ndarray, axes, mesh, rules) -> jax.Array:
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
-def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30) -> Path:
+def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30,
+                    write: bool | None = None) -> Path:
     """Write config.json + safetensors (sharded above `max_shard_bytes`) that transformers loads.
 
     Every file is written under a temporary name and renamed into place, so a crash never leaves
     a half-written checkpoint; files of an earlier export that are no longer part of it are removed.
+    On several hosts every host must call it (the gather is a collective) and, by default
+    (`write=None`), only process 0 writes; `write=True` writes a host's own unsharded copy.
     """
     cfg, out_dir = model.config, Path(out_dir)
     names = hf_names(cfg)
@@ -199,7 +202,7 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
         hf_key, layout = names[our_path]
         value = _to_host(variable[...])
         tensors[hf_key] = np.ascontiguousarray(layout.to_hf(value).astype(dtype or value.dtype))
-    if jax.process_index() != 0:  # every host gathers (a collective); process 0 writes
+    if not (jax.process_index() == 0 if write is None else write):  # every host gathers; process 0 writes
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
 
