@@ -17,7 +17,8 @@ import dss.models
 from multihost import REPO, Cluster
 
 TINY = str(REPO / "configs" / "tiny.py")
-STEPS = 10  # the tiny config: 2 epochs x 5 steps of 8 examples, STAR-DSS (k2)
+STEPS = 20  # the tiny config, 4 epochs x 5 steps of 8 examples, STAR-DSS (k2): room for a SIGTERM to land
+EPOCHS = "--config.train.epochs=4"
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +69,16 @@ def test_each_host_builds_only_its_rows(cache_env, tmp_path):
 @pytest.mark.slow
 def test_two_hosts_train_stop_resume_and_export_like_one(cache_env, tmp_path):
     one = tmp_path / "one"
-    Cluster(_train(one), n=1, how="single", devices=4, env=cache_env).expect([0], timeout=300)
+    Cluster(_train(one, EPOCHS), n=1, how="single", devices=4, env=cache_env).expect([0], timeout=300)
     reference = _losses(one)
     assert sorted(reference) == list(range(1, STEPS + 1))
 
     two = tmp_path / "two"
-    Cluster(_train(two, "--config.train.max_steps=4"), env=cache_env).expect([0, 0], timeout=300)
+    Cluster(_train(two, EPOCHS, "--config.train.max_steps=4"), env=cache_env).expect([0, 0], timeout=300)
     assert sorted(_losses(two)) == [1, 2, 3, 4] and not (two / "export.tmp").exists()
 
     # resumed from step 4 (SLURM environment this time), then SIGTERM to both hosts mid-run
-    cluster = Cluster(_train(two), how="slurm", env=cache_env)
+    cluster = Cluster(_train(two, EPOCHS), how="slurm", env=cache_env)
     _wait_for_step(two, 6, cluster, timeout=300)
     cluster.signal_all(signal.SIGTERM)
     cluster.expect([128 + signal.SIGTERM] * 2, timeout=120)
@@ -87,7 +88,7 @@ def test_two_hosts_train_stop_resume_and_export_like_one(cache_env, tmp_path):
         assert f"stopped by signal 15 at step {stopped_at}" in p.output(), cluster.tails()
     assert (two / "checkpoints" / str(stopped_at)).is_dir()
 
-    Cluster(_train(two), env=cache_env).expect([0, 0], timeout=300)
+    Cluster(_train(two, EPOCHS), env=cache_env).expect([0, 0], timeout=300)
     resumed = _losses(two)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     diff = max(abs(resumed[s] - reference[s]) for s in reference)
