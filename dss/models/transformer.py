@@ -231,7 +231,7 @@ class Transformer(nnx.Module):
         return KVCache(zeros, zeros, jnp.full((batch_size, max_len), -1, jnp.int32))
 
     def __call__(self, tokens, positions=None, attention_mask=None, *, cache: KVCache | None = None, cache_index=0,
-                 cache_rows=None):
+                 cache_rows=None, layer_offsets=None):
         """Logits [B, L, V]; with a cache, also the updated cache.
 
         Without a cache, `attention_mask` is bool [B, L, L] (None = causal). With a cache, the L
@@ -241,12 +241,17 @@ class Transformer(nnx.Module):
         cached prefix (STAR's prefixes, several samples per prompt) without copying it B times.
         """
         hidden, cache = self.hidden_states(tokens, positions, attention_mask, cache=cache, cache_index=cache_index,
-                                           cache_rows=cache_rows)
+                                           cache_rows=cache_rows, layer_offsets=layer_offsets)
         logits = self.logits(hidden)
         return logits if cache is None else (logits, cache)
 
-    def hidden_states(self, tokens, positions=None, attention_mask=None, *, cache=None, cache_index=0, cache_rows=None):
-        """Final-layer hidden states before the last norm, [B, L, E]; lets callers unembed a subset."""
+    def hidden_states(self, tokens, positions=None, attention_mask=None, *, cache=None, cache_index=0, cache_rows=None,
+                      layer_offsets=None):
+        """Final-layer hidden states before the last norm, [B, L, E]; lets callers unembed a subset.
+
+        `layer_offsets` [num_layers, B, L, E] is added to each block's output (Vaccine's
+        perturbation of the hidden states; its gradient is the gradient at each block's output).
+        """
         b, l = tokens.shape
         default_positions = positions is None
         if positions is None:
@@ -280,6 +285,8 @@ class Transformer(nnx.Module):
         for i, block in enumerate(self.layers):
             cache_kv = None if cache is None else (rows(cache.keys[i]), rows(cache.values[i]))  # per layer
             x, new_kv = call(block, x, positions, mask, key_positions, cache_kv, cache_index)
+            if layer_offsets is not None:
+                x = x + layer_offsets[i].astype(x.dtype)
             if new_kv is not None:
                 keys.append(new_kv[0])
                 values.append(new_kv[1])
