@@ -97,9 +97,9 @@ def process_logits(logits, seen_mask=None, temperature=1.0, top_k=0, top_p=1.0, 
 
 
 def _constrain_cache(cache):
-    keys = tuple(shd.constrain(k, ("act_batch", None, "act_heads", None)) for k in cache.keys)
-    values = tuple(shd.constrain(v, ("act_batch", None, "act_heads", None)) for v in cache.values)
-    return type(cache)(keys, values, shd.constrain(cache.positions, ("act_batch", None)))
+    axes = ("layers", "act_batch", None, "act_heads", None)
+    return type(cache)(shd.constrain(cache.keys, axes), shd.constrain(cache.values, axes),
+                       shd.constrain(cache.positions, ("act_batch", None)))
 
 
 def _forward(graphdef, state, tokens, positions, mask, cache, index):

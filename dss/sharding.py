@@ -16,6 +16,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
 RULES: dict[str, str | tuple[str, ...] | None] = {
     # parameters
+    "layers": None,  # the stacked blocks' leading axis: every device holds every layer's shard
     "vocab": "tensor",
     "embed": "fsdp",
     "q_heads": "tensor",

@@ -215,9 +215,12 @@ def _head_cache(graphdef, state, head):
 
 def _pad_slots(cache, slots: int):
     """The cache with empty slots (position -1) appended up to `slots`."""
-    pad = lambda x, fill: jnp.pad(x, [(0, 0), (0, slots - x.shape[1])] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-    return dss.models.KVCache(tuple(pad(k, 0) for k in cache.keys), tuple(pad(v, 0) for v in cache.values),
-                              pad(cache.positions, -1))
+    def pad(x, batch_axis):
+        widths = [(0, 0)] * x.ndim
+        widths[batch_axis + 1] = (0, slots - x.shape[batch_axis + 1])
+        return jnp.pad(x, widths, constant_values=-1 if x is cache.positions else 0)
+
+    return cache.map_rows(pad)
 
 
 @_jit
@@ -235,8 +238,8 @@ def _prefill(graphdef, state, head, rest, last, verdict_ids, full_vocab=False):
 @jax.jit
 def _place(cache, part, first_row):
     """The batch cache with a prefill chunk's rows written from `first_row` on."""
-    return jax.tree.map(lambda whole, p: jax.lax.dynamic_update_slice(whole, p, (first_row,) + (0,) * (p.ndim - 1)),
-                        cache, part)
+    return dss.models.KVCache(*(jax.lax.dynamic_update_slice_in_dim(whole, p, first_row, axis)
+                                for whole, p, axis in zip(cache, part, (1, 1, 0))))
 
 
 @functools.partial(jax.jit, static_argnames=("visible", "width"))
@@ -244,7 +247,8 @@ def _take(cache, cache_rows, visible, width):
     """The cache rows one suffix call continues, cut to their first `visible` slots, with `width`
     free slots after them. A separate (cheap to compile) step, so that the model call's shape
     depends only on the call, not on the batch cache it reads from."""
-    return _pad_slots(jax.tree.map(lambda x: jnp.take(x, cache_rows, axis=0)[:, :visible], cache), visible + width)
+    cut = lambda x, axis: jax.lax.slice_in_dim(jnp.take(x, cache_rows, axis=axis), 0, visible, axis=axis + 1)
+    return _pad_slots(cache.map_rows(cut), visible + width)
 
 
 @_jit

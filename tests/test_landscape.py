@@ -56,14 +56,27 @@ def test_random_direction_is_layer_normalised(biased):
     theta, gains = landscape.weights(model), landscape.norm_gain_names(model)
     assert "lm_head" not in theta and "embed" in theta  # tied: the embedding exists, and is perturbed, once
     assert set(d.tensors) == set(theta)
-    assert gains == {"final_norm/weight"} | {f"layers/{i}/{n}/weight" for i in (0, 1) for n in ("attn_norm", "mlp_norm")}
-    for name, w in theta.items():
-        got = np.asarray(d.tensors[name])
-        if name in gains:
+    assert gains == {"final_norm/weight", "layers/attn_norm/weight", "layers/mlp_norm/weight"}
+    each_gain = _each_layer({g: theta[g] for g in gains})
+    for name, w in _each_layer(theta).items():
+        got = _each_layer(d.tensors)[name]
+        if name in each_gain:
             assert not got.any(), name
         else:
-            assert np.linalg.norm(np.asarray(w)) > 0, name  # biases are random here, so they must move too
-            np.testing.assert_allclose(np.linalg.norm(got), np.linalg.norm(np.asarray(w)), rtol=1e-5, err_msg=name)
+            assert np.linalg.norm(w) > 0, name  # biases are random here, so they must move too
+            np.testing.assert_allclose(np.linalg.norm(got), np.linalg.norm(w), rtol=1e-5, err_msg=name)
+
+
+def _each_layer(tensors) -> dict[str, np.ndarray]:
+    """The weights one by one: each layer's slice of a stacked ("layers/...") tensor is one."""
+    out = {}
+    for name, t in tensors.items():
+        t = np.asarray(t)
+        if name.startswith("layers/"):
+            out.update({name.replace("layers/", f"layers/{i}/", 1): t[i] for i in range(t.shape[0])})
+        else:
+            out[name] = t
+    return out
 
 
 def test_random_direction_seeded_and_mesh_independent(biased, mesh):
@@ -106,9 +119,10 @@ def test_cosine_and_orthogonalize(biased):
     np.testing.assert_allclose(landscape.cosine(d1, d2), expected, rtol=1e-4)
     o = landscape.orthogonalize(d2, d1)
     assert abs(landscape.cosine(d1, o)) < 1e-6
-    for name, t in d2.tensors.items():
-        np.testing.assert_allclose(np.linalg.norm(np.asarray(o.tensors[name])), np.linalg.norm(np.asarray(t)),
-                                   rtol=1e-5, err_msg=name)
+    for name, t in _each_layer(d2.tensors).items():
+        np.testing.assert_allclose(np.linalg.norm(_each_layer(o.tensors)[name]), np.linalg.norm(t), rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(np.vdot(_each_layer(o.tensors)[name], _each_layer(d1.tensors)[name]), 0,
+                                   atol=1e-4 * np.linalg.norm(t) ** 2, err_msg=name)  # orthogonal weight by weight
 
 
 def test_centre_point_is_the_model_and_points_are_exact(biased, mesh):

@@ -68,9 +68,9 @@ def test_bfloat16_close_to_float32(tmp_path):
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, VOCAB, (2, 128)))
     f32 = dss.models.load_pretrained(tmp_path)
     bf16 = dss.models.load_pretrained(tmp_path, dtype="bfloat16")
-    assert bf16.layers[0].attn.q[...].dtype == jnp.bfloat16
+    assert bf16.layers.attn.q[...].dtype == jnp.bfloat16
     mixed = dss.models.load_pretrained(tmp_path, dtype="bfloat16", param_dtype="float32")
-    assert mixed.layers[0].attn.q[...].dtype == jnp.float32
+    assert mixed.layers.attn.q[...].dtype == jnp.float32
     ref = np.asarray(f32(tokens))
     for model in (bf16, mixed):
         out = np.asarray(model(tokens))

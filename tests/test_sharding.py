@@ -35,10 +35,10 @@ def test_sharded_equals_single_device(family, tmp_path):
 
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     model = dss.models.load_pretrained(tmp_path, mesh=mesh)
-    q = model.layers[0].attn.q[...]
-    assert q.sharding.spec == P("fsdp", "tensor", None)
+    q = model.layers.attn.q[...]
+    assert q.sharding.spec == P(None, "fsdp", "tensor", None)  # every layer, each device a quarter of each
     assert len({s.device for s in q.addressable_shards}) == 8
-    assert q.addressable_shards[0].data.shape == (32, 2, q.shape[2])  # each device holds a quarter
+    assert q.addressable_shards[0].data.shape == (q.shape[0], 32, 2, q.shape[3])
 
     with jax.set_mesh(mesh):
         logits = forward(model, tokens)

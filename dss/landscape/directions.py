@@ -1,10 +1,11 @@
 """Directions in weight space, and the models perturbed along them.
 
-Directions. `random_direction`: a Gaussian tensor per named weight, each rescaled to that weight's
-Frobenius norm ("layer" normalisation, Peng et al.'s choice); RMSNorm gains get zero; embeddings,
-head and biases are perturbed (tied weights exist once, so they are perturbed once). Each tensor
-draws from a generator seeded by (seed, tensor name), so its values depend neither on the other
-tensors nor on the mesh. Directions are saved as safetensors keyed by parameter name (`<workdir>/directions/
+Directions. `random_direction`: a Gaussian tensor per weight of each layer, each rescaled to that
+weight's Frobenius norm ("layer" normalisation, Peng et al.'s choice); RMSNorm gains get zero;
+embeddings, head and biases are perturbed (tied weights exist once, so they are perturbed once).
+The blocks' weights are stacked ("layers/attn/q" is [layers, ...]): each layer's slice is one
+weight here, drawn from a generator seeded by (seed, "layers/<i>/attn/q") and normalised on its
+own, so its values depend neither on the other tensors, nor on the mesh, nor on the stacking. Directions are saved as safetensors keyed by parameter name (`<workdir>/directions/
 random-seed<k>.safetensors`) and reused when present, so a landscape can be recomputed, refined
 or extended to 2D with the same first direction, or evaluated on another model by pointing
 `direction_dir` at the first model's directions. `interpolation_direction`: target - theta over
@@ -39,12 +40,24 @@ from dss.atomic import atomic_file
 from dss.models.transformer import RMSNorm
 
 
+STACKED = "layers/"  # names of the stacked blocks' weights: axis 0 is the layer
+
+
 def _name(path) -> str:
     return "/".join(map(str, path))
 
 
+def _per_slice(name: str) -> bool:
+    return name.startswith(STACKED)
+
+
+def _slice_axes(name: str, x) -> tuple[int, ...] | None:
+    """The axes one weight spans: all but the layer axis of a stacked tensor, else all (None)."""
+    return tuple(range(1, x.ndim)) if _per_slice(name) else None
+
+
 def weights(model) -> dict[str, jax.Array]:
-    """The model's parameters by name ("layers/0/attn/q"), as stored (no copy)."""
+    """The model's parameters by name ("layers/attn/q" is every layer's q), as stored (no copy)."""
     return {_name(p): v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
@@ -86,7 +99,14 @@ def _place(value: np.ndarray, like: jax.Array) -> jax.Array:
 
 @jax.jit
 def _norms(tensors):
-    return {k: jnp.linalg.norm(v.astype(jnp.float32)) for k, v in tensors.items()}
+    """Frobenius norm of each weight: [layers] for stacked tensors (one per layer), else a scalar."""
+    return {k: jnp.sqrt(jnp.sum(jnp.square(v.astype(jnp.float32)), axis=_slice_axes(k, v))) for k, v in tensors.items()}
+
+
+def _gaussian_like(seed: int, name: str, shape, norm: float) -> np.ndarray:
+    """A float32 Gaussian of `shape` from (seed, name), rescaled to Frobenius norm `norm`."""
+    d = np.random.default_rng([int(seed), zlib.crc32(name.encode())]).standard_normal(shape, np.float32)
+    return d * np.float32(norm / np.linalg.norm(d.astype(np.float64)))
 
 
 def random_direction(model, seed: int, dtype="float32") -> Direction:
@@ -98,14 +118,17 @@ def random_direction(model, seed: int, dtype="float32") -> Direction:
     compile on CPU). About 10 s per billion parameters; the result is saved and reused.
     """
     theta, gains, dtype = weights(model), norm_gain_names(model), np.dtype(jnp.dtype(dtype))
-    norms = {k: float(v) for k, v in _norms(theta).items()}
+    norms = {k: np.asarray(v, np.float64) for k, v in _norms(theta).items()}
     tensors = {}
     for name, w in theta.items():
         if name in gains:
             d = np.zeros(w.shape, dtype)
+        elif _per_slice(name):
+            rest = name.removeprefix(STACKED)
+            d = np.stack([_gaussian_like(seed, f"{STACKED}{i}/{rest}", w.shape[1:], norms[name][i])
+                          for i in range(w.shape[0])]).astype(dtype)
         else:
-            d = np.random.default_rng([int(seed), zlib.crc32(name.encode())]).standard_normal(w.shape, np.float32)
-            d = (d * np.float32(norms[name] / np.linalg.norm(d.astype(np.float64)))).astype(dtype)
+            d = _gaussian_like(seed, name, w.shape, float(norms[name])).astype(dtype)
         tensors[name] = _place(d, w)
     return Direction(f"random-seed{int(seed)}", "random", tensors, {"seed": int(seed)})
 
@@ -132,9 +155,10 @@ def cosine(d1: Direction, d2: Direction) -> float:
 
 
 def orthogonalize(d2: Direction, d1: Direction) -> Direction:
-    """Gram-Schmidt tensor by tensor: each slice of d2 loses its component along d1's slice and is
-    rescaled to its former norm. Per-tensor orthogonality makes the whole vectors orthogonal and
-    keeps the layer normalisation of a random direction."""
+    """Gram-Schmidt weight by weight (each layer's slice of a stacked tensor on its own): each
+    slice of d2 loses its component along d1's slice and is rescaled to its former norm.
+    Per-weight orthogonality makes the whole vectors orthogonal and keeps the layer
+    normalisation of a random direction."""
 
     def ratio(num, den):  # num / den, and 0 for the all-zero slices (norm gains, zero biases)
         return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
@@ -144,8 +168,10 @@ def orthogonalize(d2: Direction, d1: Direction) -> Direction:
         out = {}
         for k, y in b.items():
             x, yf = a[k].astype(jnp.float32), y.astype(jnp.float32)
-            z = yf - ratio(jnp.vdot(x, yf), jnp.vdot(x, x)) * x
-            out[k] = (z * ratio(jnp.linalg.norm(yf), jnp.linalg.norm(z))).astype(y.dtype)
+            axes = _slice_axes(k, y)
+            dot = lambda u, v: jnp.sum(u * v, axis=axes, keepdims=True)  # noqa: E731
+            z = yf - ratio(dot(x, yf), dot(x, x)) * x
+            out[k] = (z * ratio(jnp.sqrt(dot(yf, yf)), jnp.sqrt(dot(z, z)))).astype(y.dtype)
         return out
 
     return Direction(d2.name, d2.kind, project(d1.tensors, d2.tensors), {**d2.meta, "orthogonal_to": d1.name})

@@ -45,34 +45,41 @@ HEADS_BIAS = Layout(lambda w, s: w.reshape(s), lambda w: w.reshape(-1), lambda s
 
 
 def hf_names(cfg: ModelConfig) -> dict[tuple, tuple[str, Layout]]:
-    """Our parameter path -> (HF tensor name, layout), for every parameter the config creates."""
+    """Our parameter path -> (HF tensor name, layout), for every parameter the config creates.
+
+    Paths under "layers" are the stacked blocks: their name holds `{i}`, one HF tensor per layer
+    (slice i of the stack)."""
     names = {("embed",): ("model.embed_tokens.weight", COPY), ("final_norm", "weight"): ("model.norm.weight", COPY)}
     if not cfg.tie_embeddings:
         names[("lm_head",)] = ("lm_head.weight", TRANSPOSE)
-    gemma = cfg.family.sandwich_norms
-    for i in range(cfg.num_layers):
-        hf, ours = f"model.layers.{i}.", ("layers", i)
-        norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
-        if gemma:
-            norms = {"attn_norm": "input_layernorm", "attn_post_norm": "post_attention_layernorm",
-                     "mlp_norm": "pre_feedforward_layernorm", "mlp_post_norm": "post_feedforward_layernorm"}
-        for our, theirs in norms.items():
-            names[ours + (our, "weight")] = (hf + theirs + ".weight", COPY)
-        for p in "qkv":
-            names[ours + ("attn", p)] = (f"{hf}self_attn.{p}_proj.weight", HEADS_IN)
-            if cfg.attention_bias or cfg.family.qkv_bias:
-                names[ours + ("attn", f"{p}_bias")] = (f"{hf}self_attn.{p}_proj.bias", HEADS_BIAS)
-        names[ours + ("attn", "o")] = (f"{hf}self_attn.o_proj.weight", HEADS_OUT)
-        if cfg.attention_bias:
-            names[ours + ("attn", "o_bias")] = (f"{hf}self_attn.o_proj.bias", COPY)
-        if cfg.family.qk_norm:
-            for p in "qk":
-                names[ours + ("attn", f"{p}_norm", "weight")] = (f"{hf}self_attn.{p}_norm.weight", COPY)
-        for p in ("gate", "up", "down"):
-            names[ours + ("mlp", p)] = (f"{hf}mlp.{p}_proj.weight", TRANSPOSE)
-            if cfg.mlp_bias:
-                names[ours + ("mlp", f"{p}_bias")] = (f"{hf}mlp.{p}_proj.bias", COPY)
+    hf, ours = "model.layers.{i}.", ("layers",)
+    norms = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+    if cfg.family.sandwich_norms:
+        norms = {"attn_norm": "input_layernorm", "attn_post_norm": "post_attention_layernorm",
+                 "mlp_norm": "pre_feedforward_layernorm", "mlp_post_norm": "post_feedforward_layernorm"}
+    for our, theirs in norms.items():
+        names[ours + (our, "weight")] = (hf + theirs + ".weight", COPY)
+    for p in "qkv":
+        names[ours + ("attn", p)] = (f"{hf}self_attn.{p}_proj.weight", HEADS_IN)
+        if cfg.attention_bias or cfg.family.qkv_bias:
+            names[ours + ("attn", f"{p}_bias")] = (f"{hf}self_attn.{p}_proj.bias", HEADS_BIAS)
+    names[ours + ("attn", "o")] = (f"{hf}self_attn.o_proj.weight", HEADS_OUT)
+    if cfg.attention_bias:
+        names[ours + ("attn", "o_bias")] = (f"{hf}self_attn.o_proj.bias", COPY)
+    if cfg.family.qk_norm:
+        for p in "qk":
+            names[ours + ("attn", f"{p}_norm", "weight")] = (f"{hf}self_attn.{p}_norm.weight", COPY)
+    for p in ("gate", "up", "down"):
+        names[ours + ("mlp", p)] = (f"{hf}mlp.{p}_proj.weight", TRANSPOSE)
+        if cfg.mlp_bias:
+            names[ours + ("mlp", f"{p}_bias")] = (f"{hf}mlp.{p}_proj.bias", COPY)
     return names
+
+
+def hf_tensor_names(cfg: ModelConfig, our_path: tuple) -> list[str]:
+    """The HF tensor(s) behind one of our parameters: one per layer for the stacked blocks."""
+    name = hf_names(cfg)[our_path][0]
+    return [name.format(i=i) for i in range(cfg.num_layers)] if our_path[0] == "layers" else [name]
 
 
 class SafetensorsDir:
@@ -133,12 +140,14 @@ def resolve_path(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}") from e
 
 
-def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None, remat="none") -> Transformer:
+def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None, remat="none",
+                    unroll: int | bool = 1) -> Transformer:
     """Load an HF directory (or hub id) as a `Transformer` computing in `dtype`.
 
     Parameters are stored in `param_dtype` (default: `dtype`). With a mesh, every tensor is
     placed shard by shard by `dss.sharding.RULES` (or `rules`), never whole on one device.
-    `remat` is the block rematerialisation policy (`dss.models.transformer.REMAT_POLICIES`).
+    `remat` is the block rematerialisation policy (`dss.models.transformer.REMAT_POLICIES`);
+    `unroll` the layers per step of the layer scan.
     """
     path = resolve_path(path)
     config_file = path / "config.json"
@@ -150,11 +159,12 @@ def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=No
         raise ValueError(f"{config_file}: invalid JSON ({e})") from e
     cfg = ModelConfig.from_hf(raw, source=str(config_file))
     param_dtype = jnp.dtype(param_dtype or dtype)
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, unroll=unroll,
+                                                   rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
 
     tensors, names = SafetensorsDir(path), hf_names(cfg)
-    expected = {hf for hf, _ in names.values()}
+    expected = {hf for our_path in names for hf in hf_tensor_names(cfg, our_path)}
     unexpected = sorted(
         k for k in tensors.files
         if k not in expected and not k.endswith(IGNORED_SUFFIXES) and not (cfg.tie_embeddings and k == "lm_head.weight")
@@ -164,17 +174,21 @@ def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=No
 
     flat = nnx.to_flat_state(state)
     for our_path, variable in flat:
-        hf_key, layout = names[our_path]
-        if hf_key not in tensors.files:
-            raise KeyError(f"{path}: missing tensor {hf_key!r} (model_type {cfg.model_type})")
-        value = tensors.get(hf_key)
-        shape = tuple(variable.shape)
-        if tuple(value.shape) != tuple(layout.hf_shape(shape)):
-            raise ValueError(
-                f"{tensors.files[hf_key]}: tensor {hf_key!r} has shape {tuple(value.shape)}, "
-                f"expected {tuple(layout.hf_shape(shape))} from config.json"
-            )
-        value = np.ascontiguousarray(layout.to_ours(value, shape).astype(param_dtype))
+        layout = names[our_path][1]
+        stacked = our_path[0] == "layers"
+        shape = tuple(variable.shape)[1:] if stacked else tuple(variable.shape)
+        slices = []
+        for hf_key in hf_tensor_names(cfg, our_path):
+            if hf_key not in tensors.files:
+                raise KeyError(f"{path}: missing tensor {hf_key!r} (model_type {cfg.model_type})")
+            value = tensors.get(hf_key)
+            if tuple(value.shape) != tuple(layout.hf_shape(shape)):
+                raise ValueError(
+                    f"{tensors.files[hf_key]}: tensor {hf_key!r} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(layout.hf_shape(shape))} from config.json"
+                )
+            slices.append(layout.to_ours(value, shape).astype(param_dtype))
+        value = np.ascontiguousarray(np.stack(slices) if stacked else slices[0])
         variable.set_value(_place(value, variable.get_metadata().get("logical_axes"), mesh, rules))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
@@ -199,9 +213,10 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
     names = hf_names(cfg)
     tensors = {}
     for our_path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        hf_key, layout = names[our_path]
-        value = _to_host(variable[...])
-        tensors[hf_key] = np.ascontiguousarray(layout.to_hf(value).astype(dtype or value.dtype))
+        layout, value = names[our_path][1], _to_host(variable[...])
+        slices = value if our_path[0] == "layers" else [value]
+        for hf_key, piece in zip(hf_tensor_names(cfg, our_path), slices, strict=True):
+            tensors[hf_key] = np.ascontiguousarray(layout.to_hf(piece).astype(dtype or value.dtype))
     if not (jax.process_index() == 0 if write is None else write):  # every host gathers; process 0 writes
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)

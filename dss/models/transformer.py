@@ -1,9 +1,12 @@
 """One decoder-only Transformer (Flax NNX) for every family in `dss.models.config.FAMILIES`.
 
 Weights are stored in einsum-friendly layouts ([in, ..., out]) and carry `logical_axes`
-metadata that `dss.sharding.RULES` maps to the device mesh. Attention takes an arbitrary boolean
-"query may attend key" mask; sliding windows apply on top of it, measured in positions. Plain
-causal self-attention (no mask, cache or positions given) is left to `attend` to run fused.
+metadata that `dss.sharding.RULES` maps to the device mesh. The blocks are one module whose
+parameters are stacked on a leading `layers` axis and applied with `jax.lax.scan`, so a model
+compiles one block however deep it is; what differs between layers (RoPE frequencies, sliding
+windows) is scanned data. Attention takes an arbitrary boolean "query may attend key" mask;
+sliding windows apply on top of it, measured in positions. Plain causal self-attention (no mask,
+cache or positions given) is left to `attend` to run fused.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from dss.models.config import ModelConfig
@@ -29,12 +33,22 @@ REMAT_POLICIES = {
 }
 
 
-class KVCache(NamedTuple):
-    """Per-layer keys/values [B, S, kv_heads, head_dim] and the position held in each slot [B, S]."""
+LAYER_AXIS = "layers"  # the logical name of the stacked blocks' leading axis
+NO_WINDOW = np.iinfo(np.int32).max  # a full-attention layer among sliding ones
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+
+class KVCache(NamedTuple):
+    """Every layer's keys/values [layers, B, S, kv_heads, head_dim] and the position held in
+    each slot [B, S]."""
+
+    keys: jax.Array
+    values: jax.Array
     positions: jax.Array
+
+    def map_rows(self, fn) -> "KVCache":
+        """The cache with `fn(array, batch_axis)` applied to each field (keys and values have the
+        layers axis first; every field has its slots right after its batch axis)."""
+        return KVCache(fn(self.keys, 1), fn(self.values, 1), fn(self.positions, 0))
 
 
 def _param(rngs, shape, axes, dtype, std):
@@ -114,7 +128,7 @@ def _einsum_attend(q, k, v, mask, scale, softcap):
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs):
         e, h, k, d, std = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.initializer_range
         self.q = _param(rngs, (e, h, d), ("embed", "q_heads", "head_dim"), param_dtype, std)
         self.k = _param(rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), param_dtype, std)
@@ -131,28 +145,28 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.family.norm_offset, dtype, param_dtype)
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps, cfg.family.norm_offset, dtype, param_dtype)
         self.qkv_bias, self.o_bias_on, self.qk_norm = qkv_bias, cfg.attention_bias, cfg.family.qk_norm
-        self.rope, self.head_dim = cfg.layer_ropes[layer], d
-        self.window, self.scale, self.softcap = cfg.layer_windows[layer], cfg.query_scale, cfg.attn_softcap
-        self.dtype = dtype
+        self.scale, self.softcap, self.dtype = cfg.query_scale, cfg.attn_softcap, dtype
 
-    def __call__(self, x, positions, mask, key_positions, cache_kv=None, cache_index=None):
+    def __call__(self, x, positions, mask, key_positions, layer: "LayerData", cache_kv=None, cache_index=None):
+        """`layer` is this layer's RoPE frequencies and window; with `cache_kv` (its keys, values),
+        the new keys/values are written at `cache_index` and the updated pair is returned."""
         proj = lambda w: jnp.einsum("ble,ehd->blhd", x, w[...].astype(self.dtype))
         q, k, v = proj(self.q), proj(self.k), proj(self.v)
         if self.qkv_bias:
             q, k, v = (t + b[...].astype(self.dtype) for t, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = inverse_frequencies(self.rope, self.head_dim)
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q, k = apply_rope(q, positions, layer.inv_freq), apply_rope(k, positions, layer.inv_freq)
         new_kv = None
         if cache_kv is not None:
             ck, cv = cache_kv
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
             new_kv = (k, v)
-        if mask is not None and self.window is not None:  # without a mask, slots are positions: attend applies it
-            mask = mask & (positions[:, :, None] - key_positions[:, None, :] < self.window)
-        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.scale, self.softcap, self.window)
+        window = layer.window
+        if mask is not None and window is not None:  # without a mask, slots are positions: attend applies it
+            mask = mask & (positions[:, :, None] - key_positions[:, None, :] < window)
+        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.scale, self.softcap, window)
         out = jnp.einsum("blhd,hde->ble", out, self.o[...].astype(self.dtype))
         if self.o_bias_on:
             out = out + self.o_bias[...].astype(self.dtype)
@@ -185,16 +199,16 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm residual block; Gemma adds norms after attention and MLP, Granite scales residuals."""
 
-    def __init__(self, cfg: ModelConfig, layer: int, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs):
         norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family.norm_offset, dtype, param_dtype)
-        self.attn_norm, self.attn = norm(), Attention(cfg, layer, dtype, param_dtype, rngs)
+        self.attn_norm, self.attn = norm(), Attention(cfg, dtype, param_dtype, rngs)
         self.mlp_norm, self.mlp = norm(), MLP(cfg, dtype, param_dtype, rngs)
         if cfg.family.sandwich_norms:
             self.attn_post_norm, self.mlp_post_norm = norm(), norm()
         self.sandwich, self.residual_scale = cfg.family.sandwich_norms, cfg.residual_scale
 
-    def __call__(self, x, positions, mask, key_positions, cache_kv=None, cache_index=None):
-        h, new_kv = self.attn(self.attn_norm(x), positions, mask, key_positions, cache_kv, cache_index)
+    def __call__(self, x, positions, mask, key_positions, layer, cache_kv=None, cache_index=None):
+        h, new_kv = self.attn(self.attn_norm(x), positions, mask, key_positions, layer, cache_kv, cache_index)
         if self.sandwich:
             h = self.attn_post_norm(h)
         x = x + h * self.residual_scale if self.residual_scale != 1.0 else x + h
@@ -205,20 +219,55 @@ class Block(nnx.Module):
         return constrain(x, ACT_AXES), new_kv
 
 
+def _stacked_blocks(cfg: ModelConfig, dtype, param_dtype, rngs: nnx.Rngs) -> Block:
+    """One `Block` whose parameters have a leading `layers` axis (independently initialised)."""
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(rngs):
+        return Block(cfg, dtype, param_dtype, rngs)
+
+    blocks = make(rngs)
+    for _, variable in nnx.to_flat_state(nnx.state(blocks, nnx.Param)):
+        variable.set_metadata("logical_axes", (LAYER_AXIS, *variable.get_metadata()["logical_axes"]))
+    return blocks
+
+
+class LayerData(NamedTuple):
+    """What differs between layers, scanned beside their parameters: RoPE inverse frequencies
+    [D/2] and the sliding window (an int, a traced int where windows differ between layers, or
+    None for full attention everywhere)."""
+
+    inv_freq: jax.Array
+    window: jax.Array | int | None
+
+
+def layer_data(cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+    """(inverse frequencies [layers, D/2], windows [layers] or None, the window shared by every
+    layer). A window shared by all layers stays static, so causal attention can run fused."""
+    inv_freq = np.stack([inverse_frequencies(rope, cfg.head_dim) for rope in cfg.layer_ropes])
+    if len(set(cfg.layer_windows)) == 1:
+        return inv_freq, None, cfg.layer_windows[0]
+    windows = np.array([NO_WINDOW if w is None else w for w in cfg.layer_windows], np.int32)
+    return inv_freq, windows, None
+
+
 class Transformer(nnx.Module):
     """Decoder-only LM. `model(tokens)` -> logits [B, L, V] (float32).
 
-    `remat` names what each block keeps for the backward pass, one of `REMAT_POLICIES`.
+    `remat` names what each block keeps for the backward pass, one of `REMAT_POLICIES`; `unroll`
+    is how many layers each step of the layer scan runs (`jax.lax.scan`'s unroll; True = all,
+    which compiles like a Python loop over the layers).
     """
 
     def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: str = "none",
-                 rngs: nnx.Rngs):
+                 unroll: int | bool = 1, rngs: nnx.Rngs):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat={remat!r}: unknown policy; use one of {', '.join(REMAT_POLICIES)}")
-        self.config, self.dtype, self.remat = cfg, jnp.dtype(dtype), remat
+        self.config, self.dtype, self.remat, self.unroll = cfg, jnp.dtype(dtype), remat, unroll
         std = cfg.initializer_range
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, std)
-        self.layers = nnx.List([Block(cfg, i, self.dtype, param_dtype, rngs) for i in range(cfg.num_layers)])
+        self.layers = _stacked_blocks(cfg, self.dtype, param_dtype, rngs)
         self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.family.norm_offset, self.dtype, param_dtype)
         if not cfg.tie_embeddings:
             self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), param_dtype, std)
@@ -226,8 +275,7 @@ class Transformer(nnx.Module):
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> KVCache:
         """An empty cache; slots hold position -1 until written."""
         cfg, dtype = self.config, dtype or self.dtype
-        shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
-        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        zeros = jnp.zeros((cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim), dtype)
         return KVCache(zeros, zeros, jnp.full((batch_size, max_len), -1, jnp.int32))
 
     def __call__(self, tokens, positions=None, attention_mask=None, *, cache: KVCache | None = None, cache_index=0,
@@ -253,21 +301,23 @@ class Transformer(nnx.Module):
         perturbation of the hidden states; its gradient is the gradient at each block's output).
         """
         b, l = tokens.shape
+        inv_freq, windows, shared_window = layer_data(self.config)
         default_positions = positions is None
         if positions is None:
             positions = jnp.broadcast_to(cache_index + jnp.arange(l, dtype=jnp.int32), (b, l))
         positions = positions.astype(jnp.int32)
-        rows = (lambda x: x) if cache_rows is None else (lambda x: jnp.take(x, cache_rows, axis=0))
         if cache is not None:
-            key_positions = jax.lax.dynamic_update_slice(rows(cache.positions), positions, (0, cache_index))
+            rows = (lambda x, axis: x) if cache_rows is None else (lambda x, axis: jnp.take(x, cache_rows, axis=axis))
+            key_positions = jax.lax.dynamic_update_slice(rows(cache.positions, 0), positions, (0, cache_index))
             slots = jnp.arange(cache.positions.shape[1])
             causal = slots[None, :] <= cache_index + jnp.arange(l)[:, None]
             mask = causal[None] if attention_mask is None else attention_mask
+            kv = (rows(cache.keys, 1), rows(cache.values, 1))
         else:
-            key_positions = positions
+            key_positions, kv = positions, None
             if attention_mask is not None:
                 mask = attention_mask
-            elif default_positions:
+            elif default_positions and windows is None:
                 mask = None  # plain causal self-attention (slot = position): `attend` may run it fused
             else:
                 mask = causal_mask(l)[None]
@@ -278,19 +328,27 @@ class Transformer(nnx.Module):
         if self.config.embed_scale != 1.0:
             x = x * jnp.asarray(self.config.embed_scale, self.dtype)
         x = constrain(x, ACT_AXES)
-        keys, values = [], []
-        call = lambda blk, *args: blk(*args)
+        graphdef, stacked = nnx.split(self.layers)
+
+        def layer_step(carry, scanned):
+            x, kv = carry
+            params, index, inv_freq, window, offset = scanned
+            block = nnx.merge(graphdef, params)
+            data = LayerData(inv_freq, shared_window if window is None else window)
+            layer_kv = None if kv is None else (kv[0][index], kv[1][index])
+            x, new_kv = block(x, positions, mask, key_positions, data, layer_kv, cache_index)
+            if kv is not None:  # written back in place: the cache is carried, not copied per layer
+                kv = tuple(jax.lax.dynamic_update_index_in_dim(c, n, index, 0) for c, n in zip(kv, new_kv))
+            if offset is not None:
+                x = x + offset.astype(x.dtype)
+            return (x, kv), None
+
         if self.remat != "none":
-            call = nnx.remat(call, policy=REMAT_POLICIES[self.remat])
-        for i, block in enumerate(self.layers):
-            cache_kv = None if cache is None else (rows(cache.keys[i]), rows(cache.values[i]))  # per layer
-            x, new_kv = call(block, x, positions, mask, key_positions, cache_kv, cache_index)
-            if layer_offsets is not None:
-                x = x + layer_offsets[i].astype(x.dtype)
-            if new_kv is not None:
-                keys.append(new_kv[0])
-                values.append(new_kv[1])
-        new_cache = None if cache is None else KVCache(tuple(keys), tuple(values), key_positions)
+            layer_step = jax.checkpoint(layer_step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        scanned = (stacked, jnp.arange(self.config.num_layers), jnp.asarray(inv_freq),
+                   None if windows is None else jnp.asarray(windows), layer_offsets)
+        (x, kv), _ = jax.lax.scan(layer_step, (x, kv), scanned, unroll=self.unroll)
+        new_cache = None if cache is None else KVCache(kv[0], kv[1], key_positions)
         return x, new_cache
 
     def logits(self, hidden):
