@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="Dynamic safety shaping (STAR-DSS) for safe LLM finetuning, in JAX",
     packages=find_packages(include=["dss", "dss.*"]),
-    package_data={"dss.data": ["demo.jsonl", "README.md"]},
+    # the bundled data (each source with its licence and provenance) ships with the package
+    package_data={"dss.data": ["demo.jsonl", "README.md", "files/README.md", "files/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         # lower bounds are the versions tested on CPU (Python 3.11); GPU machines run jax 0.11

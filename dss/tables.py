@@ -1,7 +1,7 @@
-"""`python -m dss.tables <run dirs...> [--out DIR] [--judge guardrail,llm,keyword]`
+"""`python -m dss.tables <run dirs...> [--out DIR] [--judge guardrail,llm,keyword] [--layout table1|table2]`
 
 The paper's main table from `dss.eval` results: one row per method (initial models first, then
-the runs in the order given), columns HEx-PHI and AdvBench safety (% judged safe) and MMLU, ARC-C
+the runs in the order given, or with `--layout` in the paper's row order of that table), columns HEx-PHI and AdvBench safety (% judged safe) and MMLU, ARC-C
 and GSM8K accuracy (%), "-" where a run lacks a number. Printed as Markdown and written to
 `<out>/table.md`, `<out>/table.tex`, plus `<out>/safety_vs_capability.png` (mean safety vs mean
 capability per method, over the columns all runs have). A run directory is an eval outdir (with
@@ -19,11 +19,19 @@ from typing import Sequence
 
 from absl import app, flags
 
-__all__ = ["COLUMNS", "build", "latex", "load_run", "markdown", "scatter"]
+__all__ = ["COLUMNS", "LAYOUTS", "build", "latex", "load_run", "markdown", "scatter"]
 
 # (header, benchmark name in results.json, "safety" | "capability")
 COLUMNS = (("HEx-PHI", "hexphi", "safety"), ("AdvBench", "advbench", "safety"), ("MMLU", "mmlu", "capability"),
            ("ARC-C", "arc_c", "capability"), ("GSM8K", "gsm8k", "capability"))
+
+# The paper's row order per table, by method name (`config.eval.method`, which configs/paper/
+# sets to these names); rows of other methods follow in the order given.
+LAYOUTS = {
+    "table1": ("SFT", "Vaccine", "SafeLoRA", "RS", "Deep Token", "STAR-DSS"),
+    "table2": ("SFT", "SafeInstr", "SEAL", "Lisa", "STAR-DSS"),
+}
+
 
 def load_run(path: str | Path) -> dict:
     path = Path(path)
@@ -44,11 +52,20 @@ def _judge_for(runs: Sequence[dict], bench: str, preference: Sequence[str]) -> s
     return next((judge for judge in preference if any(judge in j for j in having)), None)
 
 
-def build(runs: Sequence[dict], preference: Sequence[str] = ("guardrail", "llm", "keyword")):
-    """(headers, rows [(method, [value or None])], judges {benchmark: judge}); initial models first."""
+def _row_key(layout: Sequence[str]):
+    """Sort key: initial models first, then the layout's methods in its order, then the rest."""
+    rank = {name: i for i, name in enumerate(layout)}
+    return lambda run: (bool(run.get("finetuned")), rank.get(run.get("method"), len(rank)))
+
+
+def build(runs: Sequence[dict], preference: Sequence[str] = ("guardrail", "llm", "keyword"), layout: str = ""):
+    """(headers, rows [(method, [value or None])], judges {benchmark: judge}); initial models first,
+    then the finetuned runs in the given order or in `LAYOUTS[layout]`'s."""
+    if layout and layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: unknown; use one of {', '.join(LAYOUTS)}")
     judges = {bench: _judge_for(runs, bench, preference) for _, bench, kind in COLUMNS if kind == "safety"}
     rows = []
-    for run in sorted(runs, key=lambda r: bool(r.get("finetuned"))):  # stable: given order otherwise
+    for run in sorted(runs, key=_row_key(LAYOUTS.get(layout, ()))):  # stable: given order otherwise
         values = []
         for _, bench, kind in COLUMNS:
             entry = run["benchmarks"].get(bench, {})
@@ -125,7 +142,7 @@ def main(argv):
     if len(argv) < 2:
         raise app.UsageError("usage: python -m dss.tables <run dirs...> [--out DIR] [--judge guardrail,llm,keyword]")
     runs = [load_run(p) for p in argv[1:]]
-    table = build(runs, [j.strip() for j in flags.FLAGS.judge.split(",") if j.strip()])
+    table = build(runs, [j.strip() for j in flags.FLAGS.judge.split(",") if j.strip()], flags.FLAGS.layout)
     out = Path(flags.FLAGS.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown(*table))
@@ -138,4 +155,5 @@ def main(argv):
 if __name__ == "__main__":  # flags defined here only, so importing dss.tables defines none
     flags.DEFINE_string("out", "tables", "directory for table.md, table.tex and safety_vs_capability.png")
     flags.DEFINE_string("judge", "guardrail,llm,keyword", "safety judges in order of preference")
+    flags.DEFINE_string("layout", "", "table1 | table2: rows in that paper table's order ('' = the order given)")
     app.run(main)

@@ -105,3 +105,20 @@ def test_bad_run_dir(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     with pytest.raises(ValueError, match="not a dss.eval results.json"):
         tables.load_run(tmp_path)
+
+
+def test_layouts_put_rows_in_the_paper_order():
+    """--layout orders the finetuned rows as the paper's table (initial models still first;
+    methods the layout does not name keep their given order after it); an unknown layout is refused."""
+    row = lambda method, finetuned=True: {"method": method, "finetuned": finetuned,  # noqa: E731
+                                          "benchmarks": {"gsm8k": _capability(30.0)}}
+    given = [row("STAR-DSS"), row("mine"), row("RS"), row("Llama-3.2-1B-Instruct", False), row("SFT"),
+             row("Deep Token"), row("SafeLoRA"), row("Vaccine"), row("other")]
+    names = lambda layout: [m for m, _ in tables.build(given, layout=layout)[1]]  # noqa: E731
+    assert names("table1") == ["Llama-3.2-1B-Instruct", "SFT", "Vaccine", "SafeLoRA", "RS", "Deep Token", "STAR-DSS",
+                               "mine", "other"]
+    assert names("") == ["Llama-3.2-1B-Instruct", "STAR-DSS", "mine", "RS", "SFT", "Deep Token", "SafeLoRA",
+                         "Vaccine", "other"]
+    assert names("table2")[:3] == ["Llama-3.2-1B-Instruct", "SFT", "STAR-DSS"]
+    with pytest.raises(ValueError, match="layout 'table3': unknown; use one of table1, table2"):
+        tables.build(given, layout="table3")
