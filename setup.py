@@ -29,7 +29,7 @@ setup(
     ],
     extras_require={
         # torch is only the parity oracle; 2.13.0 is the CPU wheel the test machines carry
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.21"],  # peft: loading our PEFT-layout adapters
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
     },

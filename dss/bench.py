@@ -1,13 +1,21 @@
-"""`python -m dss.bench star|train [--data_dir DIR]`: side-by-side speed ratios.
+"""`python -m dss.bench star|train|compile [--data_dir DIR]`: side-by-side speed ratios.
 
 star  — STAR scoring, shared_kv vs naive, on one random guardrail and real prompts/responses
         (5-word chunks): examples/s of each, the ratio, and the fraction of the lower bound
         (the template head once, one pass over each prompt + response, plus K template tails)
-        that shared_kv achieves.
+        that shared_kv achieves; each method's first call: the programs it compiled (against the
+        bound its length buckets allow) and the seconds spent compiling them; with torch
+        installed, also the HF PyTorch model scoring the same prefixes naively (one left-padded
+        pass per prefix, last-token logits only).
 train — train-step time of STAR-DSS (k2, precomputed reference; and full KL with the reference
         model in the step) relative to SFT on the same model and batch, each variant's compile
         time and peak scratch memory (against one float32 [B, T, V] for scale); SFT tokens/s and
         model TFLOP/s (6 x matmul parameters + attention per token; divide by the chip's peak for MFU).
+compile — compile time of the scanned layers against the same model unrolled (`unroll` = every
+        layer, which compiles like a Python loop over the layers), for a `--compile_layers` model:
+        one SFT train step, and the first STAR shared_kv call (every program it compiles); and
+        what Llama 3's vocabulary (128,256 against 8,192) adds to the peak scratch of the SFT /
+        STAR-DSS steps at 8 x 2048 tokens, against one float32 [B, T, V] (which no step builds).
 Numbers are measured in one process, warm (compiled) runs only, so the ratios are comparable.
 """
 
@@ -34,6 +42,7 @@ flags.DEFINE_integer("examples", 32, "examples to score")
 flags.DEFINE_integer("repeats", 2, "timed repetitions (after one warm-up)")
 flags.DEFINE_string("guard_size", "cpu", "model shape: cpu (hidden 256, 4 layers) | llama-guard-3-1b (Llama 3.2 1B shape, random weights)")
 flags.DEFINE_string("dtype", "float32", "guardrail compute dtype (bfloat16 on accelerators)")
+flags.DEFINE_integer("compile_layers", 16, "layers of the model the compile benchmark builds")
 FLAGS = flags.FLAGS
 
 GUARD_SHAPES = {
@@ -58,10 +67,11 @@ def bench_examples(data_dir: Path, n: int) -> list[dict]:
             + [{"prompt": r["goal"], "response": r["target"] + ". " + r["target"]} for r in adv])
 
 
-def make_guard(root: Path, texts: list[str], shape: str) -> star.Guardrail:
+def make_guard(root: Path, texts: list[str], shape: str | dict) -> star.Guardrail:
+    """A random Llama-Guard-3-style guardrail of `shape` (a `GUARD_SHAPES` name or its fields)."""
     tok = assets.make_tokenizer(root, texts + [assets.LLAMA_GUARD_3_TEMPLATE] * 50, vocab_size=4096,
                                 chat_template=assets.LLAMA_GUARD_3_TEMPLATE)
-    hf = transformers.LlamaConfig(**{"vocab_size": len(tok), "max_position_embeddings": 8192, **GUARD_SHAPES[shape]})
+    hf = transformers.LlamaConfig(**{"vocab_size": len(tok), "max_position_embeddings": 8192, **(GUARD_SHAPES[shape] if isinstance(shape, str) else shape)})
     save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(0)), root)
     return star.Guardrail.from_pretrained(root, dtype=FLAGS.dtype)
 
@@ -88,6 +98,37 @@ def token_counts(guard: star.Guardrail, examples) -> tuple[int, int, int]:
     return naive, processed, bound - (len(plans) - 1) * head
 
 
+def hf_torch_naive_speed(root: Path, guard: star.Guardrail, examples) -> float | None:
+    """Examples/s of the HF PyTorch model (float32, CPU) scoring every prefix in its own pass:
+    the same renderings as STAR, in length-sorted batches of `--examples` rows (left-padded, so
+    the last position is each row's verdict position), best of `--repeats`. None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    model = transformers.AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32).eval()
+    rows = sorted((ids for ex in examples for ids in guard.adapter.encode_many(
+        [(ex["prompt"], ex["response"][:c]) for c in word_cuts(ex["response"])])), key=len)
+
+    def run():
+        with torch.no_grad():
+            for start in range(0, len(rows), FLAGS.examples):
+                part = rows[start : start + FLAGS.examples]
+                width = max(map(len, part))
+                ids = torch.zeros((len(part), width), dtype=torch.long)
+                mask = torch.zeros((len(part), width), dtype=torch.long)
+                for i, r in enumerate(part):
+                    ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+                model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+
+    times = []
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return len(examples) / min(times)
+
+
 def bench_star() -> dict:
     import jax
 
@@ -95,10 +136,10 @@ def bench_star() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         guard = make_guard(Path(tmp), [t for ex in examples for t in ex.values()], FLAGS.guard_size)
         methods = ("shared_kv", "naive")
-        times, first = {method: [] for method in methods}, {}
+        times, first, compiled = {method: [] for method in methods}, {}, {}
         for method in methods:
             start = time.perf_counter()
-            star.score(guard, examples, method=method)  # compiles
+            _, compiled[method] = star.score(guard, examples, method=method, report=True)  # compiles
             first[method] = time.perf_counter() - start
         for _ in range(FLAGS.repeats):  # interleaved, so load changes hit both methods alike
             for method in methods:
@@ -106,6 +147,7 @@ def bench_star() -> dict:
                 star.score(guard, examples, method=method)
                 times[method].append(time.perf_counter() - start)
         speed = {method: len(examples) / min(t) for method, t in times.items()}
+        hf_speed = hf_torch_naive_speed(Path(tmp), guard, examples)
         naive, processed, bound = token_counts(guard, examples)
     prefixes = sum(len(word_cuts(ex["response"])) for ex in examples)
     return {
@@ -114,15 +156,24 @@ def bench_star() -> dict:
         "shared_kv_examples_per_s": round(speed["shared_kv"], 2),
         "naive_examples_per_s": round(speed["naive"], 2),
         "speedup": round(speed["shared_kv"] / speed["naive"], 2),
+        **({} if hf_speed is None else {"hf_torch_naive_examples_per_s": round(hf_speed, 2),
+                                        "speedup_vs_hf_torch_naive": round(speed["shared_kv"] / hf_speed, 2)}),
         **{f"{method}_first_call_s": round(first[method], 1) for method in methods},  # compilation included
+        **{f"{method}_compile_s": round(compiled[method].seconds, 1) for method in methods},
+        **{f"{method}_compiled_shapes": compiled[method].programs for method in methods},
+        **{f"{method}_shape_bound": compiled[method].bound for method in methods},
         "naive_tokens": naive, "shared_kv_tokens": processed, "lower_bound_tokens": bound,
         "lower_bound_fraction": round(bound / processed, 3),
     }
 
 
 def bench_train() -> dict:
-    """Step time of STAR-DSS (k2, reference log-probs precomputed) and STAR-DSS (full KL, reference
-    model in the step) relative to SFT: same model, same batch, same compiled shapes."""
+    """Step time relative to SFT of STAR-DSS (k2, reference log-probs precomputed; full KL, the
+    reference model in the step) and of the baselines' steps: Vaccine (two passes), Lisa (SFT plus
+    the proximal term) and SEAL's selector step (a safe and a user batch, model and selector
+    updates), and a LoRA step (rank 8 on q, v) against full finetuning. Same model, same batch,
+    same compiled shapes. SafeInstr trains SFT's step on more rows, so its step costs what SFT's
+    does; SafeLoRA's projection runs once, after training."""
     import jax
     import jax.numpy as jnp
     import ml_collections
@@ -147,29 +198,35 @@ def bench_train() -> dict:
     train_cfg = ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, warmup_ratio=0.0, b1=0.9, b2=0.95,
                                                weight_decay=0.0, clip=1.0))
     tx, _ = dss_train.make_optimizer(train_cfg, 100)
-    variants = {"sft": dict(name="sft"), "star_dss_k2": dict(name="star_dss", kl_estimator="k2"),
-                "star_dss_full": dict(name="star_dss", kl_estimator="full")}
     graphdef, params = nnx.split(model)
     del model
     state = [params, tx.init(params)]  # one state, stepped by every variant in turn (values do not affect time)
-    ref = jax.tree.map(jnp.copy, params)
+    ref = jax.tree.map(jnp.copy, params)  # the full-KL reference, and Lisa's anchor
+    lisa_proximal = (ref, jnp.float32(1.0))
+    # label -> (objective, Vaccine's rho, the step's reference params, Lisa's proximal term)
+    variants = {"sft": (dict(name="sft"), 0.0, None, None),
+                "star_dss_k2": (dict(name="star_dss", kl_estimator="k2"), 0.0, None, None),
+                "star_dss_full": (dict(name="star_dss", kl_estimator="full"), 0.0, ref, None),
+                "vaccine": (dict(name="vaccine"), 2.0, None, None),
+                "lisa": (dict(name="lisa"), 0.0, None, lisa_proximal)}
     steps, compile_s, temp_mib = {}, {}, {}
-    for label, obj in variants.items():
+    for label, (obj, rho, step_ref, proximal) in variants.items():
         obj = ml_collections.ConfigDict({"kl_coef": 0.5, "kl_estimator": "k2", **obj})
-        uses_ref = obj.kl_estimator == "full" and obj.name == "star_dss"
         start = time.perf_counter()
-        compiled = dss_train.make_train_step(graphdef, tx, obj, accum=2).lower(
-            state[0], state[1], batch, ref if uses_ref else None).compile()
+        compiled = dss_train.make_train_step(graphdef, tx, obj, accum=2, vaccine_rho=rho).lower(
+            state[0], state[1], batch, step_ref, proximal).compile()
         compile_s[label] = time.perf_counter() - start
         temp_mib[label] = compiled.memory_analysis().temp_size_in_bytes / 2**20  # peak scratch beyond the arguments
-        steps[label] = (compiled, ref if uses_ref else None)
-        state[0], state[1], _ = compiled(state[0], state[1], batch, steps[label][1])  # warm-up
+        steps[label] = lambda compiled=compiled, step_ref=step_ref, proximal=proximal: _advance(
+            state, compiled(state[0], state[1], batch, step_ref, proximal))
+        steps[label]()  # warm-up
+    steps["seal_selector"] = _seal_selector_step(graphdef, ref, batch)
+    steps["lora_qv_r8"] = _lora_step(graphdef, tx, ref, batch)
     samples = {label: [] for label in steps}
     for _ in range(FLAGS.repeats + 2):  # interleaved, so load changes hit every variant alike
-        for label, (step, step_ref) in steps.items():
+        for label, step in steps.items():
             start = time.perf_counter()
-            state[0], state[1], m = step(state[0], state[1], batch, step_ref)
-            jax.block_until_ready(m)
+            jax.block_until_ready(step())
             samples[label].append(time.perf_counter() - start)
     times = {label: float(np.median(s)) for label, s in samples.items()}
     return {
@@ -184,7 +241,118 @@ def bench_train() -> dict:
     }
 
 
-BENCHES = {"star": bench_star, "train": bench_train}
+def _advance(state: list, out):
+    """Keep a step's new (params, opt_state) in `state` (the step donated the old ones); its metrics."""
+    state[0], state[1], metrics = out
+    return metrics
+
+
+def _lora_step(graphdef, tx, base, batch):
+    """A LoRA SFT step (rank 8 on q and v, no dropout) over the frozen `base`, compiled and
+    warmed; a callable that runs one more step. Only the adapters and their Adam state change."""
+    import ml_collections
+
+    from dss import lora
+    from dss import train as dss_train
+
+    cfg = ml_collections.ConfigDict(dict(rank=8, alpha=16.0, dropout=0.0, targets=("q", "v")))
+    adapters = lora.init(cfg, nnx.merge(graphdef, base), seed=0)
+    state = [adapters, tx.init(adapters)]
+    step = dss_train.make_train_step(graphdef, tx, ml_collections.ConfigDict(dict(name="sft")), 2, 0.0, cfg)
+    run = lambda: _advance(state, step(state[0], state[1], batch, None, None, base, 0))  # noqa: E731
+    run()
+    return run
+
+
+def _seal_selector_step(graphdef, params, batch):
+    """SEAL's selector step on (safe, user) = (batch, batch), compiled and warmed; a callable that
+    runs one more step. It keeps its own model copy and Adam state (SEAL's optimizers)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from dss.baselines import seal
+
+    s = ml_collections.ConfigDict(dict(lr=1e-5, selector_lr=5e-3))
+    model_tx, selector_tx = seal.optimizers(s)
+    b = batch["input_ids"].shape[0]
+    safe = {k: batch[k] for k in ("input_ids", "targets", "loss_mask")}
+    logits = jnp.asarray(seal.initial_logits(b, "softmax"))
+    params = jax.tree.map(jnp.copy, params)  # the step donates it
+    state = [params, model_tx.init(params), logits, selector_tx.init(logits)]
+    step = seal.make_selector_step(graphdef, model_tx, selector_tx, "softmax", accum=2)
+
+    def run():
+        state[0], state[1], state[2], state[3], metrics = step(*state, safe, safe, jnp.arange(b), jnp.float32(0.5))
+        return metrics
+
+    run()
+    return run
+
+
+def _compile_step(cfg: ModelConfig, unroll, objective: str = "sft", kl_estimator: str = "k2", length: int = 256):
+    """(seconds to trace, lower and compile one train step of 2 micro-batches of 4 x `length`,
+    its peak scratch MiB); abstract inputs, so nothing of the model's size is allocated."""
+    import jax
+    import ml_collections
+
+    from dss import train as dss_train
+
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, unroll=unroll, rngs=nnx.Rngs(0))))
+    tokens = jax.ShapeDtypeStruct((8, length), np.int32)
+    batch = {"input_ids": tokens, "targets": tokens, "loss_mask": jax.ShapeDtypeStruct((8, length), bool),
+             "star_weight": jax.ShapeDtypeStruct((8, length), np.float32),
+             "ref_logp": jax.ShapeDtypeStruct((8, length), np.float32)}
+    tx, _ = dss_train.make_optimizer(ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, warmup_ratio=0.0, b1=0.9,
+                                                                    b2=0.95, weight_decay=0.0, clip=1.0)), 100)
+    obj = ml_collections.ConfigDict(dict(name=objective, kl_coef=0.5, kl_estimator=kl_estimator))
+    ref = params if kl_estimator == "full" else None
+    start = time.perf_counter()
+    compiled = dss_train.make_train_step(graphdef, tx, obj, accum=2).lower(
+        params, jax.eval_shape(tx.init, params), batch, ref).compile()
+    return time.perf_counter() - start, compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def bench_compile() -> dict:
+    """Compile seconds, scanned layers vs unrolled, side by side in this process (the persistent
+    compilation cache is off here, so every program really compiles)."""
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)
+    shape = {**GUARD_SHAPES["cpu"], "num_hidden_layers": FLAGS.compile_layers}
+    variants = {"scan": 1, "unrolled": FLAGS.compile_layers}  # unroll = all layers: a Python loop's program
+    cfg = ModelConfig.from_hf(transformers.LlamaConfig(vocab_size=8192, **shape).to_dict())
+    train_s = {name: _compile_step(cfg, unroll)[0] for name, unroll in variants.items()}
+    # Llama 3's vocabulary at the paper's 2048 tokens: what the vocabulary adds to each step's
+    # scratch (against the same step with V = 8192; attention's [L, L] scores are most of the
+    # rest) vs one float32 [B, T, V], which no step builds (logits are made 256 positions at a time)
+    scratch = {}
+    for label, objective, estimator in (("sft", "sft", "k2"), ("star_dss_k2", "star_dss", "k2"),
+                                        ("star_dss_full", "star_dss", "full")):
+        mib = [_compile_step(ModelConfig.from_hf(transformers.LlamaConfig(vocab_size=v, **GUARD_SHAPES["cpu"]).to_dict()),
+                             1, objective, estimator, 2048)[1] for v in (8192, 128256)]
+        scratch[label] = mib[1] - mib[0]
+    examples = bench_examples(Path(FLAGS.data_dir), FLAGS.examples)
+    star_s, programs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        guard = make_guard(Path(tmp), [t for ex in examples for t in ex.values()], shape)
+        for name, unroll in variants.items():
+            guard.model.unroll = unroll  # a static attribute: every program compiles afresh
+            _, report = star.score(guard, examples, method="shared_kv", report=True)
+            star_s[name], programs[name] = report.seconds, report.programs
+    return {
+        "layers": FLAGS.compile_layers, "device": jax.devices()[0].device_kind,
+        **{f"train_step_{k}_compile_s": round(v, 2) for k, v in train_s.items()},
+        "train_step_compile_ratio": round(train_s["unrolled"] / train_s["scan"], 2),
+        **{f"vocab128256_{k}_extra_temp_mib": round(v, 1) for k, v in scratch.items()},
+        "vocab128256_whole_logits_mib": round(8 * 2048 * 128256 * 4 / 2**20, 1),  # global batch 8 x 2048
+        **{f"star_first_call_{k}_compile_s": round(v, 2) for k, v in star_s.items()},
+        "star_compiled_shapes": programs["scan"],
+        "star_first_call_compile_ratio": round(star_s["unrolled"] / star_s["scan"], 2),
+    }
+
+
+BENCHES = {"star": bench_star, "train": bench_train, "compile": bench_compile}
 
 
 def main(argv):

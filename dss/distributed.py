@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 
-__all__ = ["agree_any", "allgather_objects", "barrier", "gather_shares", "initialize", "is_multihost",
-           "is_writer", "share"]
+__all__ = ["agree_any", "allgather_objects", "barrier", "broadcast_object", "gather_shares", "initialize",
+           "is_multihost", "is_writer", "round_robin", "share"]
 
 
 def initialize(config) -> None:
@@ -69,6 +69,19 @@ def allgather_objects(obj) -> list:
     return [pickle.loads(row[:size].tobytes()) for row, size in zip(gathered, sizes)]
 
 
+def broadcast_object(obj):
+    """Process 0's `obj` (picklable) on every host, for what hosts could see differently (the
+    clock, files only process 0 reads). A collective: every host must call it."""
+    if not is_multihost():
+        return obj
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(pickle.dumps(obj), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(data.size)))
+    sent = data if is_writer() else np.zeros(size, np.uint8)  # only process 0's bytes arrive; shapes must match
+    return pickle.loads(np.asarray(multihost_utils.broadcast_one_to_all(sent)).tobytes())
+
+
 def share(n: int) -> list[int]:
     """Indices of the `n` items this host works on (every P-th, so similar neighbours spread)."""
     return list(range(jax.process_index(), n, jax.process_count()))
@@ -81,6 +94,22 @@ def gather_shares(local: Sequence, n: int) -> list:
         for i, result in zip(range(process, n, jax.process_count()), results):
             out[i] = result
     return out
+
+
+def round_robin(items: Sequence, fn: Callable[[object, int], list], shared: bool = True) -> Iterator[list]:
+    """`fn(item, index)` (a list of results) for every item, yielded round by round on every host.
+
+    `shared` (several hosts, each with its own copy of the model): each round is P items, host p
+    computes the round's p-th, and the round's results are gathered to every host in item order;
+    otherwise every host computes every item. A round is yielded before the next one starts, so callers
+    record it (a resumable file) as it finishes."""
+    hosts = jax.process_count() if shared else 1
+    for start in range(0, len(items), hosts):
+        k = start + (jax.process_index() if hosts > 1 else 0)
+        results = list(fn(items[k], k)) if k < len(items) else []
+        if hosts > 1:
+            results = [result for host_results in allgather_objects(results) for result in host_results]
+        yield results
 
 
 def barrier(name: str) -> None:

@@ -24,6 +24,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "mlp": "tensor",
     "norm": None,
+    "lora_rank": None,  # LoRA adapters' inner axis: small, on every device (their other axes follow their kernel)
     # activations
     "act_batch": ("data", "fsdp"),
     "act_seq": None,

@@ -14,8 +14,9 @@ Two packings of the same forward kernel:
   positions, so every prefix is scored on exactly the tokens its own rendering tokenises to.
 
 Suffix rows are sorted by how much of the cache they see and batched so that each call attends
-to no more of it than it needs; lengths are bucketed (bounded recompiles); only the verdict
-positions are unembedded; each call is dispatched before the previous one's logits are fetched.
+to no more of it than it needs; lengths are bucketed, so the programs compiled are bounded by
+the buckets, not the data (`score(..., report=True)` counts them); only the verdict positions are
+unembedded; each call is dispatched before the previous one's logits are fetched.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 import dss.models
-from dss import cache, distributed, sharding, templating
+from dss import cache, compiles, distributed, sharding, templating
 from dss.buckets import bucket_length, next_pow2
 from dss.generate import process_logits
 from dss.guardrails import GuardrailAdapter
@@ -101,9 +102,10 @@ def _shared_plan(ids_per_prefix, full_ids, example: int) -> _Plan:
     return _Plan(example, full_ids, suffixes, commons, list(ids_per_prefix))
 
 
-# Length buckets (one compiled shape per bucket): prefill rows, the cache part a suffix call
-# attends to, and suffix rows (their length is the template tail plus a token or two).
-PREFILL_STEP, CACHE_STEP, SUFFIX_STEP = 32, 64, 8
+# Length buckets (one compiled shape per bucket): naive rows, shared_kv's example batches (by the
+# length after the template head), prefill rows, the cache part a suffix call attends to, and
+# suffix rows (their length is the template tail plus a token or two).
+NAIVE_STEP, BATCH_STEP, PREFILL_STEP, CACHE_STEP, SUFFIX_STEP = 64, 16, 32, 64, 8
 
 
 def _bucket(n: int, step: int = 64) -> int:
@@ -125,7 +127,7 @@ def _groups(plan: _Plan, width: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
-def _length_batches(lengths: Sequence[int], token_budget: int, multiple: int, step: int = 64):
+def _length_batches(lengths: Sequence[int], token_budget: int, multiple: int, step: int):
     """Greedy batches of length-sorted items: (indices, bucketed length, rows). Rows are a power of
     two (and a multiple of the device count) and lengths bucketed, so few shapes get compiled."""
     batch, length = [], 0
@@ -281,7 +283,7 @@ def _safe_prob(guard: Guardrail, logits: np.ndarray, seen: list[int], score_mode
 def _naive_calls(graphdef, state, items, logits_args, token_budget, multiple):
     """One plain forward per prefix (items: (example, prefix, token ids)), similar lengths batched.
     Yields (device logits, owners) like `_shared_calls`."""
-    for idx, length, size in _length_batches([len(ids) for _, _, ids in items], token_budget, multiple):
+    for idx, length, size in _length_batches([len(ids) for _, _, ids in items], token_budget, multiple, NAIVE_STEP):
         tokens, lengths = np.zeros((size, length), np.int32), np.ones(size, np.int32)
         for b, i in enumerate(idx):
             ids = items[i][2]
@@ -356,7 +358,7 @@ def _shared_calls(graphdef, state, plans, logits_args, token_budget, multiple):
     head = _head_length(plans)
     head_cache = (_head_cache(graphdef, state, jnp.asarray([plans[0].full[:head]], jnp.int32)) if head
                   else nnx.merge(graphdef, state).init_cache(1, 0))
-    for idx, rest, size in _length_batches([len(p.full) - head for p in plans], token_budget, multiple, step=16):
+    for idx, rest, size in _length_batches([len(p.full) - head for p in plans], token_budget, multiple, BATCH_STEP):
         batch = [plans[i] for i in idx]
         cache, full_logits = _batch_cache(graphdef, state, batch, head_cache, size, multiple, logits_args)
         yield full_logits, [(plan.example, k, (b,), plan.seen[k])
@@ -374,6 +376,61 @@ def _shared_calls(graphdef, state, plans, logits_args, token_budget, multiple):
             yield _suffix_logits(graphdef, state, own_cache, **logits_args, **arrays), owners
 
 
+# Every function that compiles a program per shape; a run's count of them is its report.
+_PROGRAMS = (_last_logits, _head_cache, _prefill, _place, _take, _suffix_logits)
+
+# The bound on the programs a run compiles, per guardrail. Every shape is made of bucketed lengths
+# (`_bucket`, steps NAIVE_STEP ... SUFFIX_STEP) and of row counts that fit the token budget, so it
+# follows from the shortest and longest lengths alone, never from how many examples there are or
+# how their lengths spread. T: the token budget, m: the devices a batch is split over,
+# rows(t) = |{m} u {2^k > m : 2^k <= T / t}|, B_s: the buckets (step s) from the shortest to the
+# longest length of a kind. It is a worst case: a run compiles only the shapes it meets.
+
+
+def _row_counts(row_tokens: int, token_budget: int, multiple: int) -> int:
+    """How many row counts a call of `row_tokens`-token rows can have: `multiple`, and the powers
+    of two above it that fit the budget (or the next one, if `multiple` is not a power of two)."""
+    most = max(token_budget // max(row_tokens, 1), next_pow2(multiple))
+    return 1 + sum(multiple < 1 << k <= most for k in range(most.bit_length()))
+
+
+def _bucket_sizes(lengths: Sequence[int], step: int) -> list[int]:
+    """The buckets (`_bucket`) of every length from the shortest of `lengths` to the longest."""
+    sizes, n, longest = [], max(min(lengths, default=1), 1), max(lengths, default=0)
+    while n <= longest:
+        sizes.append(_bucket(n, step))
+        n = sizes[-1] + 1
+    return sizes
+
+
+def _naive_bound(lengths: Sequence[int], token_budget: int, multiple: int) -> int:
+    """sum over l in B_64(prefix renderings) of rows(l)."""
+    return sum(_row_counts(n, token_budget, multiple) for n in _bucket_sizes(lengths, NAIVE_STEP))
+
+
+def _shared_bound(plans: Sequence[_Plan], token_budget: int, multiple: int) -> int:
+    """With H the template head, P = B_32(full renderings after H), r(l) = rows(l - 16) (a prefill
+    chunk's rows fit its batch's B_16 length), W = B_8(suffixes) and C = B_64(H .. longest
+    rendering) u (H + P) the cache cuts a suffix call reads:
+        1 (head) + sum_{l in P} r(l) (prefill) + sum_{l in P} r(l) sum_{l' in P, l' <= l} r(l') (place)
+        + sum_{l in P} r(l) |C <= H + l| sum_{w in W} rows(w) (take)
+        + |C| sum_{w in W} rows(w) (1 + log2 next_pow2(w / shortest suffix)) (suffix)."""
+    if not plans:
+        return 0
+    rows = lambda n: _row_counts(n, token_budget, multiple)
+    head = _head_length(plans)
+    prefill = _bucket_sizes([len(p.full) - head for p in plans], PREFILL_STEP)
+    r = {n: rows(n - (PREFILL_STEP - BATCH_STEP)) for n in prefill}
+    suffixes = [len(s) for p in plans for s in p.suffixes if s]
+    widths = _bucket_sizes(suffixes, SUFFIX_STEP)
+    cuts = set(_bucket_sizes([head, max(len(p.full) for p in plans) - 1], CACHE_STEP)) | {head + n for n in prefill}
+    place = sum(r[n] * sum(r[m] for m in prefill if m <= n) for n in prefill)
+    take = sum(r[n] * sum(c <= head + n for c in cuts) for n in prefill) * sum(rows(w) for w in widths)
+    reads = lambda w: next_pow2(w // min(suffixes)).bit_length()  # suffixes side by side in a row: 1, 2, 4, ...
+    suffix = len(cuts) * sum(rows(w) * reads(w) for w in widths)
+    return 1 + sum(r.values()) + place + take + suffix
+
+
 def _score_one_guard(guard, examples, cuts, method, score_mode, token_budget, progress):
     adapter = guard.adapter
     flat = adapter.encode_many([(ex["prompt"], ex["response"][:c]) for ex, ex_cuts in zip(examples, cuts) for c in ex_cuts])
@@ -386,10 +443,12 @@ def _score_one_guard(guard, examples, cuts, method, score_mode, token_budget, pr
     if method == "naive":
         items = [(e, k, p) for e, per_example in enumerate(ids) for k, p in enumerate(per_example)]
         calls = _naive_calls(graphdef, state, items, logits_args, token_budget, multiple)
+        bound = _naive_bound([len(p) for _, _, p in items], token_budget, multiple)
     else:
         full = adapter.encode_many([(ex["prompt"], ex["response"]) for ex in examples])
         plans = [_shared_plan(p, f, e) for e, (p, f) in enumerate(zip(ids, full))]
         calls = _shared_calls(graphdef, state, plans, logits_args, token_budget, multiple)
+        bound = _shared_bound(plans, token_budget, multiple)
     # progress in examples (each prefix counts 1/K of its example), so the rate reads examples/s
     bar = tqdm(total=len(examples), unit="example", disable=not progress, desc=f"STAR {method}",
                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}]")
@@ -398,11 +457,22 @@ def _score_one_guard(guard, examples, cuts, method, score_mode, token_budget, pr
             for e, k, at, seen in owners:
                 probs[e][k] = _safe_prob(guard, logits[at], seen, score_mode)
             bar.update(sum(1 / len(cuts[e]) for e, *_ in owners))
-    return probs
+    return probs, bound
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileReport:
+    """What one `score` call compiled: a program per shape it met first, at most `bound` (from the
+    length buckets: `_naive_bound`, `_shared_bound`), and the seconds tracing and compiling them."""
+
+    examples: int
+    programs: int
+    bound: int
+    seconds: float
 
 
 def score(guard, examples, chunk_unit: str = "word", chunk_size: int = 5, method: str = "shared_kv",
-          score_mode: str = "raw", token_budget: int = 16384, progress: bool = False) -> list[Trajectory]:
+          score_mode: str = "raw", token_budget: int = 16384, progress: bool = False, report: bool = False):
     """STAR trajectories of `examples` (sequence of {"prompt": str, "response": str}).
 
     `guard` is a Guardrail or a sequence of them (an ensemble: P(safe) averaged; token chunking
@@ -410,6 +480,7 @@ def score(guard, examples, chunk_unit: str = "word", chunk_size: int = 5, method
     logits; `"hf_sampling"`: the same two logits after HF's repetition penalty 1.2, temperature
     0.2, top-k 50 and top-p 0.9 (`HF_SAMPLING`), i.e. what the reference implementation's sampled
     verdicts were drawn from; NaN where neither verdict token survives the filters.
+    Returns the trajectories, and with `report=True` also the run's `CompileReport` (always logged).
     """
     guards = [guard] if isinstance(guard, Guardrail) else list(guard)
     if not guards:
@@ -428,8 +499,13 @@ def score(guard, examples, chunk_unit: str = "word", chunk_size: int = 5, method
         cuts = [token_cuts(ex["response"], guards[0].adapter.tokenizer, chunk_size) for ex in examples]
     else:
         raise ValueError(f"score: chunk_unit must be 'word' or 'token', got {chunk_unit!r}")
-    per_guard = [_score_one_guard(g, examples, cuts, method, score_mode, token_budget, progress) for g in guards]
-    return [Trajectory(c, np.mean([p[i] for p in per_guard], axis=0)) for i, c in enumerate(cuts)]
+    with compiles.counting(_PROGRAMS) as compiled:
+        per_guard = [_score_one_guard(g, examples, cuts, method, score_mode, token_budget, progress) for g in guards]
+    run = CompileReport(len(examples), compiled.count, sum(bound for _, bound in per_guard), compiled.seconds)
+    log.info("STAR %s: %d examples, %d shapes compiled in %.1f s (bound %d)", method, run.examples, run.programs,
+             run.seconds, run.bound)
+    trajs = [Trajectory(c, np.mean([probs[i] for probs, _ in per_guard], axis=0)) for i, c in enumerate(cuts)]
+    return (trajs, run) if report else trajs
 
 
 def star_fingerprint(guards: Sequence[Guardrail], examples, chunk_unit: str, chunk_size: int, score_mode: str) -> str:

@@ -39,24 +39,6 @@ def _resolve(wanted: Mapping) -> dict:
     return fixed
 
 
-def _agree(fixed: dict) -> dict:
-    """Process 0's variables on every host (hosts may start on either side of midnight)."""
-    import jax
-
-    if jax.process_count() == 1:
-        return fixed
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    data = np.zeros(4096, np.uint8)
-    encoded = json.dumps(fixed, sort_keys=True).encode()
-    if len(encoded) > len(data):
-        raise ValueError(f"config.template: the variables take {len(encoded)} bytes as JSON, more than {len(data)}")
-    data[: len(encoded)] = np.frombuffer(encoded, np.uint8)
-    agreed = np.asarray(multihost_utils.broadcast_one_to_all(data))
-    return json.loads(bytes(agreed[agreed != 0]).decode())
-
-
 def recorded(workdir: str | os.PathLike) -> dict | None:
     """The variables recorded in `workdir`, or None if it has none yet."""
     path = Path(workdir) / FILE
@@ -82,10 +64,10 @@ def run_template_vars(wanted: Mapping, workdir: str | os.PathLike) -> dict:
                     f"config.template.{key} = {value!r}, but {path} fixed it to {stored.get(key)!r} at this run's "
                     "first job; use a new --workdir for other template variables")
         return stored
-    fixed = _agree(_resolve(wanted))
-    import jax
+    from dss import distributed  # here, so that rendering (dss.data, dss.guardrails) loads no JAX
 
-    if jax.process_index() == 0:
+    fixed = distributed.broadcast_object(_resolve(wanted))  # hosts may start on either side of midnight
+    if distributed.is_writer():
         with atomic_file(path) as tmp:
             tmp.write_text(json.dumps(fixed, indent=2, sort_keys=True) + "\n")
     return fixed

@@ -32,8 +32,9 @@ from transformers import AutoTokenizer
 
 import dss.data
 import dss.models
-from dss import cache, checks, distributed, objectives, sharding, star, templating
+from dss import cache, checks, distributed, lora, objectives, sharding, star, templating
 from dss.atomic import atomic_dir, atomic_file
+from dss.baselines import lisa, safeinstr, safelora, seal, vaccine
 from dss.segments import rs_weight, token_weights
 
 log = logging.getLogger("dss.train")
@@ -105,7 +106,7 @@ def objective_from_terms(obj, logp, full_kl, batch, normalizer):
     """The configured objective from per-token label log-probs (and the exact KL when the step
     ran the reference model), with this batch's per-example inputs."""
     mask = batch["loss_mask"]
-    if obj.name == "sft":
+    if obj.name in ("sft", "vaccine", "lisa"):  # Vaccine and Lisa change the step around SFT's loss
         return objectives.sft_from_terms(logp, mask, normalizer)
     if obj.name == "rs":
         return objectives.rs_from_terms(logp, mask, batch["example_weight"], normalizer)
@@ -120,35 +121,58 @@ def objective_from_terms(obj, logp, full_kl, batch, normalizer):
             return objectives.star_dss_from_terms(logp, kl, mask, batch["star_weight"], obj.kl_coef, normalizer)
         return objectives.kl_only_from_terms(logp, kl, mask, normalizer)
     raise ValueError(f"config.objective.name: unknown objective {obj.name!r} "
-                     "(star_dss | sft | rs | deep_token | kl_only)")
+                     "(star_dss | sft | rs | deep_token | kl_only | vaccine | lisa)")
 
 
-def make_train_step(graphdef, tx, obj, accum: int):
+def make_train_step(graphdef, tx, obj, accum: int, vaccine_rho: float = 0.0, lora_cfg=None, seed: int = 0):
     """Jitted step: accumulate gradients over `accum` micro-batches (losses normalised by the
     response-token count of the whole global batch), then one optimizer update. Logits are made a
-    chunk of positions at a time (`objectives.hidden_token_terms`), never whole."""
+    chunk of positions at a time (`objectives.hidden_token_terms`), never whole.
 
-    def loss_fn(params, micro, normalizer, ref_params):
-        model = nnx.merge(graphdef, params)
+    Objective "vaccine" takes two passes per micro-batch, the second with the hidden states
+    perturbed within radius `vaccine_rho` (`dss.baselines.vaccine`). `proximal = (anchor, coef)`
+    adds Lisa's coef/2 ||params - anchor||^2 to the step's loss (`dss.baselines.lisa`).
+
+    With `lora_cfg` (`dss.lora`), `params` are the adapters and `frozen` the base parameters they
+    sit on: only the adapters are differentiated and updated, and the full-KL reference may be
+    `frozen` itself (the base without adapters, no copy). `step_number` draws the adapters'
+    dropout masks."""
+
+    def loss_fn(params, micro, normalizer, ref_params, layer_offsets=None, frozen=None, key=None):
+        model = nnx.merge(graphdef, params if frozen is None else frozen)
+        adapters = None if frozen is None else lora.apply(lora_cfg, params, key)
         tokens = micro["input_ids"]  # right-padded rows: the causal mask keeps pads unseen
         ref = None
         if ref_params is not None:  # full KL: the reference model runs in the step
             ref_model = nnx.merge(graphdef, ref_params)
             ref = (ref_model.logits, ref_model.hidden_states(tokens)[0])
-        logp, full_kl = objectives.hidden_token_terms(model.logits, model.hidden_states(tokens)[0], micro["targets"], ref)
+        hidden = model.hidden_states(tokens, layer_offsets=layer_offsets, lora=adapters)[0]
+        logp, full_kl = objectives.hidden_token_terms(model.logits, hidden, micro["targets"], ref)
         return objective_from_terms(obj, logp, full_kl, micro, normalizer)
 
+    def micro_grads(params, mb, normalizer, ref_params, frozen, key):
+        loss = lambda p, offsets=None: loss_fn(p, mb, normalizer, ref_params, offsets, frozen, key)
+        if obj.name != "vaccine":
+            return jax.value_and_grad(loss, has_aux=True)(params)
+        offsets = vaccine.zero_offsets(nnx.merge(graphdef, params if frozen is None else frozen), mb["input_ids"])
+        return vaccine.value_and_grad(loss, params, offsets, vaccine_rho)
+
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, batch, ref_params):
+    def step(params, opt_state, batch, ref_params, proximal=None, frozen=None, step_number=0):
         normalizer = jnp.maximum(batch["loss_mask"].sum(), 1).astype(jnp.float32)
         micro = jax.tree.map(lambda x: micro_batches(x, accum), batch)
+        keys = lora.dropout_keys(lora_cfg, seed, step_number, accum)  # None without LoRA dropout
 
-        def body(grads, mb):
-            (_, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, normalizer, ref_params)
+        def body(grads, scanned):
+            mb, key = scanned
+            (_, metrics), g = micro_grads(params, mb, normalizer, ref_params, frozen, key)
             return jax.tree.map(jnp.add, grads, g), metrics
 
-        grads, metrics = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), micro)
+        grads, metrics = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), (micro, keys))
         metrics = {k: v.sum() for k, v in metrics.items()}  # each is normalised globally already
+        if proximal is not None:
+            grads, metrics["proximal"] = lisa.add_proximal(grads, params, *proximal)
+            metrics["loss"] = metrics["loss"] + metrics["proximal"]
         metrics["grad_norm"] = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, metrics
@@ -176,12 +200,13 @@ def make_optimizer(t, total_steps: int):
 
 
 class Checkpoints:
-    """orbax CheckpointManager over (params, opt_state, meta); meta holds step and data position.
-    Saving is a collective: every host calls `save` at the same step."""
+    """orbax CheckpointManager over named array trees (params, opt_state, and e.g. Lisa's anchor)
+    and meta (step and data positions). Saving is a collective: every host calls `save` at the
+    same step."""
 
-    def __init__(self, directory: epath.Path, keep: int):
+    def __init__(self, directory: epath.Path, keep: int, trees=("params", "opt_state")):
         self.manager = ocp.CheckpointManager(
-            directory, item_names=("params", "opt_state", "meta"),
+            directory, item_names=(*trees, "meta"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
     def __enter__(self):
@@ -199,19 +224,19 @@ class Checkpoints:
         to any host; True on every host at the same step (orbax's synced check)."""
         return self.manager.reached_preemption(step)
 
-    def save(self, step: int, params, opt_state, meta: dict) -> None:
+    def save(self, step: int, trees: dict, meta: dict) -> None:
         if step in self.manager.all_steps():
             return
         self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta)))
+            **{name: ocp.args.StandardSave(tree) for name, tree in trees.items()}, meta=ocp.args.JsonSave(meta)))
 
-    def restore(self, step: int, params, opt_state):
+    def restore(self, step: int, like: dict) -> tuple[dict, dict]:
+        """The trees saved at `step`, with the shapes, dtypes and shardings of `like`, and meta."""
         abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
         out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract(params)), opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+            **{name: ocp.args.StandardRestore(abstract(tree)) for name, tree in like.items()},
             meta=ocp.args.JsonRestore()))
-        return out.params, out.opt_state, out.meta
+        return {name: out[name] for name in like}, out.meta
 
 
 class StopSignal:
@@ -308,9 +333,12 @@ def train(config, workdir) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     template_vars = templating.run_template_vars(config.template, workdir)
     encoded, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)
+    encoded, examples, stats = seal.select(config, workdir, tokenizer, template_vars, encoded, examples, stats)
+    encoded, examples, stats = safeinstr.add_safety_data(config, tokenizer, template_vars, encoded, examples, stats)
     log.info("data: %s", json.dumps(stats))
     if len(encoded) < t.global_batch:
         raise ValueError(f"{len(encoded)} usable examples, fewer than config.train.global_batch={t.global_batch}")
+    aligned = lisa.encode_alignment_data(config, tokenizer, template_vars) if obj.name == "lisa" else None
 
     extras = {}
     if obj.name in NEEDS_STAR:
@@ -326,7 +354,14 @@ def train(config, workdir) -> dict:
     total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
     tx, schedule = make_optimizer(t, steps_per_epoch * t.epochs)
     graphdef, params = nnx.split(model)
-    ref_params = jax.tree.map(jnp.copy, params) if needs_ref_model(obj) else None
+    frozen = None  # LoRA: the base's parameters, frozen beside the adapters (`params`, what is trained)
+    if config.lora.enabled:
+        frozen, params = params, lora.init(config.lora, model, config.seed, mesh)
+        if config.safelora.enabled:  # a base model that does not fit is refused now, not after training
+            safelora.check_base(config.safelora, model_path, model.config, config.lora.targets)
+    ref_params = None
+    if needs_ref_model(obj):  # full KL; under LoRA the frozen base itself, no copy
+        ref_params = jax.tree.map(jnp.copy, params) if frozen is None else frozen
     replicated = NamedSharding(mesh, PartitionSpec())
     opt_state = jax.tree.map(  # moments follow the parameters' shardings; scalars (count) replicate
         lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), tx.init(params))
@@ -335,16 +370,25 @@ def train(config, workdir) -> dict:
                                    length=length)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     rows = host_rows(batch_sharding, t.global_batch)
-    train_step = make_train_step(graphdef, tx, obj, t.global_batch // t.micro_batch)
+    train_step = make_train_step(graphdef, tx, obj, t.global_batch // t.micro_batch, config.vaccine.rho,
+                                 config.lora if frozen is not None else None, config.seed)
+    horizon = steps_per_epoch * t.epochs  # the schedule's steps (max_steps may stop sooner)
+    bistate = None if aligned is None else lisa.BiState(config.lisa, batches, aligned, horizon, params)
     metrics, stopped = {}, False
     with contextlib.ExitStack() as cleanup:  # closed on every way out, an exception included
         checkpoint_dir = epath.Path(t.checkpoint_dir) if t.checkpoint_dir else (workdir / "checkpoints").absolute()
-        checkpoints = cleanup.enter_context(Checkpoints(checkpoint_dir, t.keep))
+        # what a checkpoint holds, read when called: the current params (LoRA: the adapters alone),
+        # opt_state (and Lisa's anchor)
+        trained = "params" if frozen is None else "adapters"
+        state_trees = lambda: {trained: params, "opt_state": opt_state, **(bistate.trees() if bistate else {})}
+        checkpoints = cleanup.enter_context(Checkpoints(checkpoint_dir, t.keep, tuple(state_trees())))
         step = 0
         if checkpoints.latest() is not None:
-            params, opt_state, meta = checkpoints.restore(checkpoints.latest(), params, opt_state)
-            step = meta["step"]
+            trees, meta = checkpoints.restore(checkpoints.latest(), state_trees())
+            params, opt_state, step = trees[trained], trees["opt_state"], meta["step"]
             batches.restore(meta["data"])  # refuses if the data or batch settings changed
+            if bistate:
+                bistate.restore(trees, meta)
             log.info("resumed from %s at step %d", checkpoint_dir, step)
         metrics_log = cleanup.enter_context(MetricsLog(workdir, step, t.wandb, config))
         stop = cleanup.enter_context(StopSignal())
@@ -352,9 +396,11 @@ def train(config, workdir) -> dict:
         cleanup.enter_context(jax.set_mesh(mesh))
         while step < total_steps:
             t0 = time.time()
-            batch = batches.take(rows)
+            feed, proximal = bistate.before_step(step, params) if bistate else (batches, None)
+            batch = feed.take(rows)
             device_batch = {k: _to_global(v, rows, t.global_batch, batch_sharding) for k, v in batch.items()}
-            new_params, new_opt_state, out = train_step(params, opt_state, device_batch, ref_params)
+            new_params, new_opt_state, out = train_step(params, opt_state, device_batch, ref_params, proximal, frozen,
+                                                        step)
             out = {k: float(v) for k, v in jax.device_get(out).items()}
             if not np.isfinite(out["loss"]):  # the loss is global: every host stops here
                 raise FloatingPointError(
@@ -362,21 +408,38 @@ def train(config, workdir) -> dict:
                     f"{checkpoints.latest()} in {checkpoint_dir} (try a lower config.train.lr)")
             params, opt_state, step = new_params, new_opt_state, step + 1
             metrics = {**out, "lr": float(schedule(step - 1)), "epoch": (step - 1) // steps_per_epoch,
-                       "tokens_per_s": float(t.global_batch * length / (time.time() - t0))}
+                       "tokens_per_s": float(t.global_batch * batch["input_ids"].shape[1] / (time.time() - t0))}
+            if bistate:
+                metrics["alignment_state"] = float(bistate.state(step - 1) == lisa.ALIGNMENT)
             metrics_log.write(step, metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{out['loss']:.4f}")
             stopped = stop.should_stop(step, checkpoints)
             if step % t.checkpoint_every == 0 or step == total_steps or stopped:
-                checkpoints.save(step, params, opt_state, {"step": step, "data": batches.state()})
+                checkpoints.save(step, state_trees(), {"step": step, "data": batches.state(),
+                                                       **(bistate.meta() if bistate else {})})
             if stopped:
                 break
     if stopped:
         log.warning("stopped by signal %d at step %d; run the same command to resume", stop.received, step)
         sys.exit(128 + stop.received)
     if t.export:
-        export(nnx.merge(graphdef, params), tokenizer, t.export_dir or workdir / "export")
+        final = (nnx.merge(graphdef, params) if frozen is None
+                 else merged_lora(config, workdir, nnx.merge(graphdef, frozen), params))
+        export(final, tokenizer, t.export_dir or workdir / "export")
     return metrics
+
+
+def merged_lora(config, workdir: Path, base, adapters):
+    """A LoRA run's model to export: its adapters (projected by SafeLoRA when that is on) merged
+    into the base, after the adapter alone is written in PEFT layout (`config.lora.adapter_dir`)."""
+    tensors = lora.to_peft(base.config, adapters)
+    if config.safelora.enabled:
+        tensors = safelora.project(config.safelora, config.model.path, tensors, workdir)
+        adapters = lora.from_peft(base.config, tensors, adapters)
+    if distributed.is_writer():
+        lora.save_peft(tensors, config.lora, base.config, config.model.path, config.lora.adapter_dir or workdir / "adapter")
+    return lora.merged(base, config.lora, adapters)
 
 
 def host_rows(sharding: NamedSharding, global_batch: int) -> list[int]:

@@ -27,7 +27,7 @@ def test_a_good_config_passes():
 
 BAD = {
     "objective.name": ("foo", "config.objective.name = 'foo': unknown objective; "
-                       "use one of star_dss, sft, rs, deep_token, kl_only"),
+                       "use one of star_dss, sft, rs, deep_token, kl_only, vaccine, lisa"),
     "objective.kl_estimator": ("k4", "config.objective.kl_estimator = 'k4': unknown KL estimator; "
                                "use one of k1, k2, k3, full"),
     "objective.rs_mode": ("medium", "config.objective.rs_mode = 'medium': unknown rs mode; use one of hard, soft"),

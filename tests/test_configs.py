@@ -31,3 +31,38 @@ def test_table1_variants():
         table1("star_dss,fast")
     with pytest.raises(ValueError, match="unknown setting"):
         table1("star_dss,lr=1")
+
+
+def table2(arg):
+    spec = importlib.util.spec_from_file_location("table2", REPO / "configs" / "paper" / "table2.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_every_variant_names_its_paper_row_and_trains_what_it_says():
+    from dss import tables
+
+    rows = {v: table1(v + ",harmful=/d/h.jsonl").eval.method for v in ("sft", "vaccine", "safelora", "rs", "deep_token",
+                                                                         "star_dss")}
+    assert tuple(rows.values()) == tables.LAYOUTS["table1"]
+    rows = {v: table2(v + ",harmful=/d/h.jsonl").eval.method for v in ("sft", "safeinstr", "seal", "lisa", "star_dss")}
+    assert tuple(rows.values()) == tables.LAYOUTS["table2"]
+
+    align = table1("vaccine_align,benign10,alignment=/d/a.jsonl")
+    assert (align.objective.name, align.vaccine.rho, align.workdir) == ("vaccine", 2.0, "workdir/table1_vaccine_align")
+    assert [s["path"] for s in align.data.sources] == ["/d/a.jsonl"] and align.data.size == 0  # alignment data only
+    vaccine = table1("vaccine,harmful=/d/h.jsonl")
+    assert vaccine.objective.name == "sft" and vaccine.model.path == align.workdir + "/export"
+    safelora = table1("safelora")
+    assert safelora.lora.enabled and safelora.safelora.enabled and safelora.safelora.base_path == "meta-llama/Llama-3.2-1B"
+
+    stand_in = Path(table2("seal").seal.safe_sources[0]["path"])
+    assert stand_in.is_file() and stand_in.is_relative_to(REPO / "dss" / "data" / "files")  # shipped with dss
+    assert table2("safeinstr").safeinstr.enabled and table2("safeinstr").objective.name == "sft"
+    lisa = table2("lisa,alignment=/d/a.jsonl")
+    assert lisa.objective.name == "lisa" and [s["path"] for s in lisa.lisa.sources] == ["/d/a.jsonl"]
+    with pytest.raises(ValueError, match="one method per run"):
+        table2("sft,seal")
+    with pytest.raises(ValueError, match="unknown variant"):
+        table2("vaccine")  # a Table 1 method

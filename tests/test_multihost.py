@@ -30,6 +30,11 @@ def _train(workdir: Path, *flags: str) -> list[str]:
     return ["-m", "dss.train", "--config", TINY, "--workdir", str(workdir), *flags]
 
 
+def _script(name: str, workdir: Path) -> list[str]:
+    """A test script of tests/ (run by each host) on the tiny config."""
+    return [str(REPO / "tests" / name), "--config", TINY, "--workdir", str(workdir)]
+
+
 def _losses(workdir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
 
@@ -59,11 +64,21 @@ def _wait_for_step(workdir: Path, step: int, cluster: Cluster, timeout: float) -
 
 @pytest.mark.slow
 def test_each_host_builds_only_its_rows(cache_env, tmp_path):
-    cluster = Cluster([str(REPO / "tests" / "multihost_batches.py"), "--config", TINY, "--workdir", str(tmp_path)],
-                      env=cache_env)
+    cluster = Cluster(_script("multihost_batches.py", tmp_path), env=cache_env)
     cluster.expect([0, 0], timeout=240)
     assert "built rows [0, 1, 2, 3] of 8; assembled batches equal" in cluster.processes[0].output()
     assert "built rows [4, 5, 6, 7] of 8; assembled batches equal" in cluster.processes[1].output()
+
+
+@pytest.mark.slow
+def test_hosts_get_process_0s_objects_and_share_items_in_turn(cache_env, tmp_path):
+    """broadcast_object (the template date of hosts whose clocks disagree) and round_robin."""
+    cluster = Cluster(_script("multihost_objects.py", tmp_path), env=cache_env)
+    cluster.expect([0, 0], timeout=120)
+    for i, p in enumerate(cluster.processes):
+        assert f"process {i}: got process 0's object and date 26 Jul 2024; round robin ran items {list(range(i, 5, 2))}" \
+            in p.output(), cluster.tails()
+    assert json.loads((tmp_path / "template_vars.json").read_text()) == {"date_string": "26 Jul 2024"}
 
 
 @pytest.mark.slow

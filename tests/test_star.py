@@ -1,5 +1,6 @@
 """STAR scoring: shared-KV == naive == HF PyTorch guardrail, on real prompts/responses."""
 
+import collections
 import csv
 import json
 import os
@@ -7,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -252,3 +254,59 @@ def test_sharded_guardrail_equals_single_device(llama_guard):
         eight = star.score(sharded, examples, method=method)
         for a, b in zip(one, eight):
             np.testing.assert_allclose(a.safe_prob, b.safe_prob, atol=1e-5, rtol=0)
+
+
+def _many_lengths(n: int) -> list[dict]:
+    """`n` examples whose renderings all differ in length: responses of 1, 4, 7, ... words."""
+    words = " ".join(ex["response"] for ex in EXAMPLES).split()
+    return [{"prompt": EXAMPLES[0]["prompt"], "response": " ".join(words[: 3 * i + 1])} for i in range(n)]
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+# The bucketed dimensions of each device call, read off its arguments.
+_CALL_DIMS = {
+    "_head_cache": lambda graphdef, state, head: head.shape[1],
+    "_last_logits": lambda graphdef, state, tokens, lengths, **_: tokens.shape,  # (rows, length)
+    "_prefill": lambda graphdef, state, head, rest, last, **_: rest.shape,  # (rows, length after the head)
+    "_take": lambda cache, cache_rows, visible, width: (cache_rows.shape[0], visible, width),
+    "_suffix_logits": lambda graphdef, state, cache, tokens, reads, **_: (*tokens.shape, reads.shape[1]),
+}
+
+
+def test_compiled_shapes_follow_the_buckets_not_the_data(llama_guard, monkeypatch):
+    """Many different lengths compile a program per bucketed shape: every shape is made of bucket
+    sizes and powers of two, the report counts exactly the programs compiled, within its bound."""
+    guard, _ = llama_guard
+    examples = _many_lengths(24)
+    assert len({len(guard.adapter.encode(ex["prompt"], ex["response"])) for ex in examples}) == 24
+    keys, dims = collections.defaultdict(set), collections.defaultdict(set)
+
+    def recording(fn):
+        def call(*args, **kwargs):
+            # what jit keys its programs on: shapes, and the values of static (keyword) arguments
+            keys[fn.__name__].add((tuple(getattr(x, "shape", type(x).__name__) for x in jax.tree.leaves(args)),
+                                   tuple((k, getattr(v, "shape", v)) for k, v in sorted(kwargs.items()))))
+            if fn.__name__ in _CALL_DIMS:
+                dims[fn.__name__].add(_CALL_DIMS[fn.__name__](*args, **kwargs))
+            return fn(*args, **kwargs)
+        return call
+
+    for fn in star._PROGRAMS:
+        fn.clear_cache()  # so that every shape this test meets compiles here
+        monkeypatch.setattr(star, fn.__name__, recording(fn))
+    for method in ("naive", "shared_kv"):
+        before = sum(map(len, keys.values()))
+        _, report = star.score(guard, examples, method=method, token_budget=2048, report=True)
+        assert report.programs == sum(map(len, keys.values())) - before > 0
+        assert report.programs <= report.bound, report
+    head, = dims["_head_cache"]
+    bucketed = lambda n, step: n == star._bucket(n, step)
+    assert all(_is_pow2(rows) and bucketed(n, star.NAIVE_STEP) for rows, n in dims["_last_logits"])
+    assert all(_is_pow2(rows) and bucketed(n, star.PREFILL_STEP) for rows, n in dims["_prefill"])
+    assert all(_is_pow2(rows) and bucketed(width, star.SUFFIX_STEP) and _is_pow2(reads)
+               for rows, width, reads in dims["_suffix_logits"])
+    assert all(bucketed(visible, star.CACHE_STEP) or bucketed(visible - head, star.PREFILL_STEP)
+               for _, visible, _ in dims["_take"])

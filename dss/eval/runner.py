@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 from typing import Callable
 
-import jax
 from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
@@ -44,18 +43,12 @@ def _produce(path: Path, items: list[dict], make_rows: Callable, batch_size: int
         return read_jsonl(path, repair=False)
     partial = path.with_name(path.stem + ".partial.jsonl")
     done = {row["id"]: row for row in read_jsonl(partial)} if distributed.is_writer() and partial.exists() else {}
-    if distributed.is_multihost():  # process 0's record of what is done
-        done = distributed.allgather_objects(done)[0]
+    done = distributed.broadcast_object(done)  # process 0's record of what is done
     pending = sorted((it for it in items if it["id"] not in done),  # similar lengths batch together
                      key=lambda it: len(it.get("prompt") or it["question"]))
     batches = [pending[first : first + batch_size] for first in range(0, len(pending), batch_size)]
-    hosts = jax.process_count() if shared else 1
     with tqdm(total=len(items), initial=len(items) - len(pending), desc=desc, unit="ex") as bar:
-        for start in range(0, len(batches), hosts):
-            mine = range(start + (jax.process_index() if shared else 0), min(start + hosts, len(batches)), hosts)
-            rows = [row for k in mine for row in make_rows(batches[k], k)]
-            if shared:
-                rows = [row for host_rows in distributed.allgather_objects(rows) for row in host_rows]
+        for rows in distributed.round_robin(batches, make_rows, shared):
             if distributed.is_writer():
                 append_jsonl(partial, rows)
             done.update((row["id"], row) for row in rows)
@@ -79,7 +72,7 @@ def _verdicts(judge_name: str, judge, rows: list[dict], cfg) -> list:
     if not distributed.is_multihost() or judge_name == "keyword":
         return judge(rows)
     if judge_name == "llm":
-        return distributed.allgather_objects(judge(rows) if distributed.is_writer() else None)[0]
+        return distributed.broadcast_object(judge(rows) if distributed.is_writer() else None)
     mine = distributed.share(len(rows))
     return distributed.gather_shares(judge([rows[i] for i in mine]), len(rows))
 

@@ -9,7 +9,6 @@ import statistics
 import time
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -148,8 +147,7 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
         write_json(settings_file, settings)
 
     done = {_key(p["coeffs"]): p for p in read_jsonl(points_file)} if write and points_file.exists() else {}
-    if distributed.is_multihost():  # process 0's record of the finished points
-        done = distributed.allgather_objects(done)[0]
+    done = distributed.broadcast_object(done)  # process 0's record of the finished points
     grid = [tuple(float(c) for c in p) for p in itertools.product(*axes)]
     pending = [c for c in grid if _key(c) not in done]
     if pending:
@@ -159,19 +157,18 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
         perturbation = Perturbation(model, directions)
         del model
         groups = [pending[first : first + cfg.points_per_batch] for first in range(0, len(pending), cfg.points_per_batch)]
+
+        def evaluate(group, _index):
+            began = time.perf_counter()
+            results = evaluator([perturbation.model_at(c) for c in group])
+            seconds = (time.perf_counter() - began) / len(group)
+            return [{"coeffs": list(coeffs), **point, "seconds": seconds} for coeffs, point in zip(group, results)]
+
         # several hosts, each with the model on its own device: host p evaluates groups p, p + P, ...
-        hosts = jax.process_count() if distributed.is_multihost() and mesh is None else 1
+        shared = distributed.is_multihost() and mesh is None
         with tqdm(total=len(grid), initial=len(grid) - len(pending), desc=f"landscape {cfg.name}",
                   unit="point") as bar:
-            for start in range(0, len(groups), hosts):
-                points = []
-                for group in groups[start + (jax.process_index() if hosts > 1 else 0) : start + hosts : hosts]:
-                    began = time.perf_counter()
-                    results = evaluator([perturbation.model_at(c) for c in group])
-                    seconds = (time.perf_counter() - began) / len(group)
-                    points += [{"coeffs": list(coeffs), **point, "seconds": seconds} for coeffs, point in zip(group, results)]
-                if hosts > 1:
-                    points = [p for host_points in distributed.allgather_objects(points) for p in host_points]
+            for points in distributed.round_robin(groups, evaluate, shared):
                 for point in points:
                     if not cfg.save_responses:
                         point.pop("responses")

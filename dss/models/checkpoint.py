@@ -112,10 +112,17 @@ class SafetensorsDir:
             raise ValueError(f"{file}: cannot read safetensors file ({e})") from e
 
     def get(self, key: str) -> np.ndarray:
+        return self._read(key, lambda f: f.get_tensor(key))
+
+    def shape(self, key: str) -> tuple:
+        """A tensor's shape, from the file's header alone."""
+        return self._read(key, lambda f: tuple(f.get_slice(key).get_shape()))
+
+    def _read(self, key: str, fn):
         file = self.files[key]
         try:
             with safe_open(file, framework="numpy") as f:
-                return f.get_tensor(key)
+                return fn(f)
         except (SafetensorError, OSError) as e:
             raise ValueError(f"{file}: cannot read tensor {key!r} ({e})") from e
 
@@ -213,7 +220,7 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
     names = hf_names(cfg)
     tensors = {}
     for our_path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        layout, value = names[our_path][1], _to_host(variable[...])
+        layout, value = names[our_path][1], to_host(variable[...])
         slices = value if our_path[0] == "layers" else [value]
         for hf_key, piece in zip(hf_tensor_names(cfg, our_path), slices, strict=True):
             tensors[hf_key] = np.ascontiguousarray(layout.to_hf(piece).astype(dtype or value.dtype))
@@ -250,7 +257,8 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
     return out_dir
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (gathered from every host when it spans several)."""
     if not x.is_fully_addressable:
         from jax.experimental import multihost_utils
 

@@ -35,6 +35,8 @@ REMAT_POLICIES = {
 
 LAYER_AXIS = "layers"  # the logical name of the stacked blocks' leading axis
 NO_WINDOW = np.iinfo(np.int32).max  # a full-attention layer among sliding ones
+# The kernels LoRA may adapt (`Lora`), by their attribute names: attention's, then the MLP's.
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class KVCache(NamedTuple):
@@ -49,6 +51,31 @@ class KVCache(NamedTuple):
         """The cache with `fn(array, batch_axis)` applied to each field (keys and values have the
         layers axis first; every field has its slots right after its batch axis)."""
         return KVCache(fn(self.keys, 1), fn(self.values, 1), fn(self.positions, 0))
+
+
+class Lora(NamedTuple):
+    """Low-rank adapters on the frozen kernels (made by `dss.lora`): each adapted kernel W of
+    LORA_TARGETS acts as W + scale * a @ b, `weights[target] = {"a": [layers, *in, r], "b":
+    [layers, r, *out]}`. With a `key`, the adapters' inputs are dropped at rate `dropout`
+    (training); inside a block, `weights` and `key` are that layer's."""
+
+    weights: dict
+    scale: float
+    dropout: float = 0.0
+    key: jax.Array | None = None
+
+
+def lora_delta(x, lora: Lora | None, target: str, in_dims: int, dtype):
+    """scale * dropout(x) @ a @ b of `target`, contracting the last `in_dims` axes of x; 0 where
+    the kernel is not adapted. Each target draws its own dropout mask, as PEFT's do."""
+    if lora is None or target not in lora.weights:
+        return 0
+    if lora.key is not None:
+        keep = 1.0 - lora.dropout
+        mask = jax.random.bernoulli(jax.random.fold_in(lora.key, LORA_TARGETS.index(target)), keep, x.shape)
+        x = jnp.where(mask, x / keep, 0).astype(x.dtype)
+    a, b = (lora.weights[target][n].astype(dtype) for n in "ab")
+    return jnp.tensordot(jnp.tensordot(x, a, in_dims), b, 1) * jnp.asarray(lora.scale, dtype)
 
 
 def _param(rngs, shape, axes, dtype, std):
@@ -147,11 +174,13 @@ class Attention(nnx.Module):
         self.qkv_bias, self.o_bias_on, self.qk_norm = qkv_bias, cfg.attention_bias, cfg.family.qk_norm
         self.scale, self.softcap, self.dtype = cfg.query_scale, cfg.attn_softcap, dtype
 
-    def __call__(self, x, positions, mask, key_positions, layer: "LayerData", cache_kv=None, cache_index=None):
+    def __call__(self, x, positions, mask, key_positions, layer: "LayerData", cache_kv=None, cache_index=None,
+                 lora: Lora | None = None):
         """`layer` is this layer's RoPE frequencies and window; with `cache_kv` (its keys, values),
         the new keys/values are written at `cache_index` and the updated pair is returned."""
-        proj = lambda w: jnp.einsum("ble,ehd->blhd", x, w[...].astype(self.dtype))
-        q, k, v = proj(self.q), proj(self.k), proj(self.v)
+        proj = lambda name: (jnp.einsum("ble,ehd->blhd", x, getattr(self, name)[...].astype(self.dtype))
+                             + lora_delta(x, lora, name, 1, self.dtype))
+        q, k, v = proj("q"), proj("k"), proj("v")
         if self.qkv_bias:
             q, k, v = (t + b[...].astype(self.dtype) for t, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
         if self.qk_norm:
@@ -167,7 +196,8 @@ class Attention(nnx.Module):
         if mask is not None and window is not None:  # without a mask, slots are positions: attend applies it
             mask = mask & (positions[:, :, None] - key_positions[:, None, :] < window)
         out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.scale, self.softcap, window)
-        out = jnp.einsum("blhd,hde->ble", out, self.o[...].astype(self.dtype))
+        out = (jnp.einsum("blhd,hde->ble", out, self.o[...].astype(self.dtype))
+               + lora_delta(out, lora, "o", 2, self.dtype))
         if self.o_bias_on:
             out = out + self.o_bias[...].astype(self.dtype)
         return out, new_kv
@@ -185,15 +215,14 @@ class MLP(nnx.Module):
             self.down_bias = _zeros((e,), ("embed",), param_dtype)
         self.bias, self.activation, self.dtype = cfg.mlp_bias, cfg.activation, dtype
 
-    def _linear(self, x, w, b):
-        y = x @ w[...].astype(self.dtype)
-        return y + b[...].astype(self.dtype) if self.bias else y
+    def _linear(self, x, name, lora):
+        y = x @ getattr(self, name)[...].astype(self.dtype) + lora_delta(x, lora, name, 1, self.dtype)
+        return y + getattr(self, f"{name}_bias")[...].astype(self.dtype) if self.bias else y
 
-    def __call__(self, x):
-        bias = lambda name: getattr(self, name, None)
-        gate = self._linear(x, self.gate, bias("gate_bias"))
+    def __call__(self, x, lora: Lora | None = None):
+        gate = self._linear(x, "gate", lora)
         gate = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
-        return self._linear(gate * self._linear(x, self.up, bias("up_bias")), self.down, bias("down_bias"))
+        return self._linear(gate * self._linear(x, "up", lora), "down", lora)
 
 
 class Block(nnx.Module):
@@ -207,12 +236,12 @@ class Block(nnx.Module):
             self.attn_post_norm, self.mlp_post_norm = norm(), norm()
         self.sandwich, self.residual_scale = cfg.family.sandwich_norms, cfg.residual_scale
 
-    def __call__(self, x, positions, mask, key_positions, layer, cache_kv=None, cache_index=None):
-        h, new_kv = self.attn(self.attn_norm(x), positions, mask, key_positions, layer, cache_kv, cache_index)
+    def __call__(self, x, positions, mask, key_positions, layer, cache_kv=None, cache_index=None, lora=None):
+        h, new_kv = self.attn(self.attn_norm(x), positions, mask, key_positions, layer, cache_kv, cache_index, lora)
         if self.sandwich:
             h = self.attn_post_norm(h)
         x = x + h * self.residual_scale if self.residual_scale != 1.0 else x + h
-        h = self.mlp(self.mlp_norm(x))
+        h = self.mlp(self.mlp_norm(x), lora)
         if self.sandwich:
             h = self.mlp_post_norm(h)
         x = x + h * self.residual_scale if self.residual_scale != 1.0 else x + h
@@ -264,7 +293,11 @@ class Transformer(nnx.Module):
                  unroll: int | bool = 1, rngs: nnx.Rngs):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat={remat!r}: unknown policy; use one of {', '.join(REMAT_POLICIES)}")
-        self.config, self.dtype, self.remat, self.unroll = cfg, jnp.dtype(dtype), remat, unroll
+        if unroll is not True and (isinstance(unroll, bool) or int(unroll) < 1):
+            raise ValueError(f"unroll={unroll!r}: a number of layers >= 1, or True for all of them")
+        # an int (True would equal 1 in the static graph, and share its compiled programs)
+        self.unroll = cfg.num_layers if unroll is True else min(int(unroll), cfg.num_layers)
+        self.config, self.dtype, self.remat = cfg, jnp.dtype(dtype), remat
         std = cfg.initializer_range
         self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), param_dtype, std)
         self.layers = _stacked_blocks(cfg, self.dtype, param_dtype, rngs)
@@ -279,7 +312,7 @@ class Transformer(nnx.Module):
         return KVCache(zeros, zeros, jnp.full((batch_size, max_len), -1, jnp.int32))
 
     def __call__(self, tokens, positions=None, attention_mask=None, *, cache: KVCache | None = None, cache_index=0,
-                 cache_rows=None, layer_offsets=None):
+                 cache_rows=None, layer_offsets=None, lora: Lora | None = None):
         """Logits [B, L, V]; with a cache, also the updated cache.
 
         Without a cache, `attention_mask` is bool [B, L, L] (None = causal). With a cache, the L
@@ -287,18 +320,20 @@ class Transformer(nnx.Module):
         bool [B, L, S] over all S cache slots (None = causal in slot order). `cache_rows` (int [B])
         lets row b continue cache row cache_rows[b] of a smaller cache: many continuations of one
         cached prefix (STAR's prefixes, several samples per prompt) without copying it B times.
+        `lora`: adapters applied on top of the weights (`Lora`).
         """
         hidden, cache = self.hidden_states(tokens, positions, attention_mask, cache=cache, cache_index=cache_index,
-                                           cache_rows=cache_rows, layer_offsets=layer_offsets)
+                                           cache_rows=cache_rows, layer_offsets=layer_offsets, lora=lora)
         logits = self.logits(hidden)
         return logits if cache is None else (logits, cache)
 
     def hidden_states(self, tokens, positions=None, attention_mask=None, *, cache=None, cache_index=0, cache_rows=None,
-                      layer_offsets=None):
+                      layer_offsets=None, lora: Lora | None = None):
         """Final-layer hidden states before the last norm, [B, L, E]; lets callers unembed a subset.
 
         `layer_offsets` [num_layers, B, L, E] is added to each block's output (Vaccine's
         perturbation of the hidden states; its gradient is the gradient at each block's output).
+        `lora`: adapters on the kernels, scanned with the layers (None = the weights alone).
         """
         b, l = tokens.shape
         inv_freq, windows, shared_window = layer_data(self.config)
@@ -332,11 +367,12 @@ class Transformer(nnx.Module):
 
         def layer_step(carry, scanned):
             x, kv = carry
-            params, index, inv_freq, window, offset = scanned
+            params, index, inv_freq, window, offset, adapters = scanned
             block = nnx.merge(graphdef, params)
             data = LayerData(inv_freq, shared_window if window is None else window)
             layer_kv = None if kv is None else (kv[0][index], kv[1][index])
-            x, new_kv = block(x, positions, mask, key_positions, data, layer_kv, cache_index)
+            layer_lora = None if lora is None else lora._replace(weights=adapters[0], key=adapters[1])
+            x, new_kv = block(x, positions, mask, key_positions, data, layer_kv, cache_index, layer_lora)
             if kv is not None:  # written back in place: the cache is carried, not copied per layer
                 kv = tuple(jax.lax.dynamic_update_index_in_dim(c, n, index, 0) for c, n in zip(kv, new_kv))
             if offset is not None:
@@ -345,8 +381,10 @@ class Transformer(nnx.Module):
 
         if self.remat != "none":
             layer_step = jax.checkpoint(layer_step, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        adapters = None if lora is None else (
+            lora.weights, None if lora.key is None else jax.random.split(lora.key, self.config.num_layers))
         scanned = (stacked, jnp.arange(self.config.num_layers), jnp.asarray(inv_freq),
-                   None if windows is None else jnp.asarray(windows), layer_offsets)
+                   None if windows is None else jnp.asarray(windows), layer_offsets, adapters)
         (x, kv), _ = jax.lax.scan(layer_step, (x, kv), scanned, unroll=self.unroll)
         new_cache = None if cache is None else KVCache(kv[0], kv[1], key_positions)
         return x, new_cache
