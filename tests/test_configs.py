@@ -8,11 +8,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def table1(arg):
-    spec = importlib.util.spec_from_file_location("table1", REPO / "configs" / "paper" / "table1.py")
+def paper_config(table: str, arg: str):
+    spec = importlib.util.spec_from_file_location(table, REPO / "configs" / "paper" / f"{table}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
+
+
+def table1(arg):
+    return paper_config("table1", arg)
+
+
+def table2(arg):
+    return paper_config("table2", arg)
 
 
 def test_table1_variants():
@@ -31,13 +39,6 @@ def test_table1_variants():
         table1("star_dss,fast")
     with pytest.raises(ValueError, match="unknown setting"):
         table1("star_dss,lr=1")
-
-
-def table2(arg):
-    spec = importlib.util.spec_from_file_location("table2", REPO / "configs" / "paper" / "table2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 def test_every_variant_names_its_paper_row_and_trains_what_it_says():
