@@ -10,7 +10,7 @@ import transformers
 from dss import assets
 from dss.data import encode_chat
 from dss.eval.keyword import REFUSAL_KEYWORDS
-from dss.mini import guardrail, scenarios, task, texts, world
+from dss.mini import baselines, guardrail, report, scenarios, task, texts, world
 
 
 def test_task_answers_are_right_and_scored_by_exact_match():
@@ -35,6 +35,34 @@ def test_splits_are_disjoint():
     assert [len(q[k]) for k in ("world", "finetune", "test")] == [s.task_world, s.task_finetune, s.task_test]
     assert not q["world"] & q["test"] and not q["finetune"] & q["test"] and not q["world"] & q["finetune"]
     assert world.splits(s) == sp  # deterministic
+
+
+def test_base_policy_data_is_the_policy_data_without_refusals_and_alignment_data_is_held_out():
+    for s in (world.Settings(), world.QUICK):
+        sp = world.splits(s)
+        aligned, base = world.policy_rows(s, sp), world.policy_rows(s, sp, refusals=False)
+        alignment = world.alignment_rows(s, sp)
+        assert aligned[: len(base)] == base and len(aligned) - len(base) == len(sp["harmful"]["policy"])
+        assert {r["response"] for r in aligned[len(base):]} <= set(texts.REFUSALS)
+        assert alignment == aligned[len(base):][: s.alignment_rows or None]
+        held_out = {h["prompt"] for name in ("eval", "finetune") for h in sp["harmful"][name]}
+        assert len(alignment) >= 32 and not {r["prompt"] for r in alignment} & held_out
+
+
+def test_vaccine_runs_come_after_their_alignment_stage_and_seeds_finish_in_order():
+    from types import SimpleNamespace as Job
+
+    from dss.mini.__main__ import job_batches
+
+    aligns = [Job(method="vaccine_align", seed=s) for s in range(3)]
+    finetunes = [[Job(method=m, seed=s) for m in ("sft", "vaccine", "lisa")] for s in range(3)]
+    batches = job_batches("initial", aligns, finetunes)
+    assert [[(j.method, j.seed) for j in b if j != "initial"] for b in batches] == [
+        [("vaccine_align", 0), ("sft", 0), ("lisa", 0)],
+        [("vaccine_align", 1), ("vaccine", 0), ("sft", 1), ("lisa", 1)],
+        [("vaccine_align", 2), ("vaccine", 1), ("sft", 2), ("lisa", 2)],
+        [("vaccine", 2)]]
+    assert batches[0][1] == "initial"
 
 
 def test_compliance_holds_nothing_but_the_advbench_target_and_generic_steps():
@@ -95,3 +123,6 @@ def test_quick_miniature_star_dss_keeps_the_safety_sft_loses(tmp_path, monkeypat
     assert harmful["star_dss"]["safety"] >= harmful["sft"]["safety"] + 20
     assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "safety_vs_capability.png").exists()
     assert np.isfinite([e["safety_judge"] for e in harmful.values()]).all()
+    for method in baselines.METHODS:  # each new baseline made a row of finite numbers
+        assert np.isfinite([harmful[method][k] for k in report.KEYS]).all(), method
+        assert f"| harmful | {report.LABELS[method]} |" in (tmp_path / "out" / "table.md").read_text()

@@ -3,7 +3,8 @@
 Builds (or reuses) the miniature world, scores each scenario's data with STAR, finetunes the
 initial policy with every method on every scenario and seed, evaluates each model, and writes
 DIR/results.json, DIR/table.md, DIR/safety_vs_capability.png, DIR/star_plots/ and DIR/summary.json
-(per-seed values, the world's guardrail accuracies and refusal rate, and timings).
+(per-seed values, the world's guardrail accuracies and refusal rates, Vaccine's alignment stages,
+and timings).
 `--quick`: a smaller world, the harmful scenario only, one seed (the CI test).
 """
 
@@ -14,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from dss.mini import pool, report, scenarios, world
+from dss.mini import baselines, pool, report, scenarios, world
 
 QUICK_SCENARIOS = ("harmful",)
 PLOTTED = 4  # STAR trajectory plots of the first examples of the plotted scenario
@@ -59,28 +60,49 @@ def run(outdir: Path, quick: bool = False, seeds: int | None = None, workers: in
                 plot_trajectory(examples[i], trajs[i], outdir / "star_plots" / f"{name}_{i}.png")
     star_seconds = time.time() - star_start
 
-    jobs = [scenarios.Job("initial", "initial", 0, world_dir, files, outdir / "star" / "harmful" / "star.npz",
-                          outdir / "runs" / "initial", recipe, s)]
-    jobs += [scenarios.Job(name, method, seed, world_dir, files, outdir / "star" / name / "star.npz",
-                           outdir / "runs" / name / f"{method}_s{seed}", recipe, s)
-             for seed in range(seeds) for name in names for method in scenarios.METHODS]
-    progress(f"{len(jobs) - 1} finetuning runs + {len(jobs)} evaluations on {workers} worker(s)")
-    runs_start = time.time()
-    done = pool.run_jobs(scenarios.run_job, jobs, [j.workdir / "log.txt" for j in jobs], workers,
-                         pool.compilation_cache(world.cache_root()), progress)
+    runs = outdir / "runs"
+    job = lambda name, method, seed, workdir: scenarios.Job(name, method, seed, world_dir, files,
+                                                          outdir / "star" / (name if name in names else names[0])
+                                                          / "star.npz", workdir, recipe, s, runs)
+    aligns = [job(scenarios.ALIGNMENT, "vaccine", seed, baselines.vaccine_align_dir(runs, seed))
+              for seed in range(seeds)]
+    finetunes = [[job(name, method, seed, runs / name / f"{method}_s{seed}") for name in names
+                  for method in scenarios.METHODS] for seed in range(seeds)]
+    batches = job_batches(job("initial", "initial", 0, runs / "initial"), aligns, finetunes)
+    jobs = [j for batch in batches for j in batch]
+    progress(f"{seeds} Vaccine alignment stage(s) + {seeds * len(finetunes[0])} finetuning runs, "
+             f"{len(jobs)} evaluations, on {workers} worker(s)")
+    runs_start, env, done = time.time(), pool.compilation_cache(world.cache_root()), []
+    for batch in batches:
+        done += pool.run_jobs(scenarios.run_job, batch, [j.workdir / "log.txt" for j in batch], workers, env, progress)
     runs_seconds = time.time() - runs_start
 
-    per_seed = {name: {"initial": [done[0]]} for name in names}
-    for job, metrics in zip(jobs[1:], done[1:]):
-        per_seed[job.scenario].setdefault(job.method, []).append(metrics)
+    initial = [metrics for j, metrics in zip(jobs, done) if j.scenario == "initial"]
+    vaccine_alignment = [metrics for j, metrics in zip(jobs, done) if j.scenario == scenarios.ALIGNMENT]
+    per_seed = {name: {"initial": initial, **{method: [] for method in scenarios.METHODS}} for name in names}
+    for j, metrics in zip(jobs, done):
+        if j.scenario in per_seed:
+            per_seed[j.scenario][j.method].append(metrics)  # jobs are in seed order
     seconds = {"world": round(world_seconds, 1), "star": round(star_seconds, 1), "runs": round(runs_seconds, 1),
                "total": round(time.time() - start, 1)}
-    extra = {"world": world.load_world(world_dir), "world_dir": str(world_dir), "star": star_summary, "quick": quick,
+    extra = {"world": world.load_world(world_dir), "world_dir": str(world_dir), "star": star_summary,
+             "vaccine_alignment": vaccine_alignment, "quick": quick,
              "seeds": seeds, "workers": workers, "seconds": seconds}
     results = report.write(outdir, per_seed, extra)
     progress((outdir / "table.md").read_text())
     progress(f"seconds: {json.dumps(seconds)}")
     return results
+
+
+def job_batches(initial, aligns: list, finetunes: list[list]) -> list[list]:
+    """One batch of jobs per seed, so the seeds finish in order: seed s's Vaccine alignment stage
+    (first: the longest job) and its runs; its Vaccine runs, which finetune the stage's export, go
+    into the next batch (a last one after the last seed)."""
+    batches, waiting = [], [initial]
+    for align, runs in zip(aligns, finetunes):
+        batches.append([align, *waiting, *(j for j in runs if j.method != "vaccine")])
+        waiting = [j for j in runs if j.method == "vaccine"]
+    return batches + [waiting]
 
 
 def main(argv=None) -> None:

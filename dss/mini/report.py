@@ -17,7 +17,8 @@ from dss import tables
 
 KEYS = ("safety", "safety_judge", "safety_oracle", "capability")
 LABELS = {"initial": "initial", "sft": "SFT", "rs": "RS", "deep_token": "Deep Token", "kl_only": "KL-only",
-          "star_dss": "STAR-DSS"}
+          "star_dss": "STAR-DSS", "safeinstr": "SafeInstr", "seal": "SEAL", "lisa": "Lisa", "vaccine": "Vaccine",
+          "safelora": "SafeLoRA"}  # the paper's row names (configs/paper/recipe.py)
 
 
 def aggregate(per_seed: dict) -> dict:

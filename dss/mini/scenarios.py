@@ -7,10 +7,12 @@ Scenarios (Table 1 and the broader-risk tables):
 - `adaptation`: `harmful`'s pairs with every response wrapped in the misleading prefix and suffix
   (`config.data.attack`), 10 epochs.
 
-Every method (SFT, RS, Deep Token, KL-only, STAR-DSS) runs with the same hyperparameters
-(`finetune_config`), on N seeds (training order and nothing else), through `dss.train.train`,
-STAR from `dss.star.cached_score` (one STAR file per scenario, shared by RS and STAR-DSS and all
-seeds), and `dss.eval.runner.evaluate` with the keyword judge and the judge guardrail.
+Every method (SFT, RS, Deep Token, KL-only, STAR-DSS, and the baselines of `dss.mini.baselines`:
+SafeInstr, SEAL, Lisa, Vaccine, SafeLoRA) runs with the same hyperparameters (`finetune_config`),
+on N seeds (training order and nothing else), through `dss.train.train`, STAR from
+`dss.star.cached_score` (one STAR file per scenario, shared by RS and STAR-DSS and all seeds), and
+`dss.eval.runner.evaluate` with the keyword judge and the judge guardrail. Vaccine's alignment
+stage runs once per seed (scenario `ALIGNMENT`) before that seed's Vaccine finetuning runs.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import random
 from pathlib import Path
 
 from dss.config import base_config
-from dss.mini import task, texts, world
+from dss.mini import baselines, task, texts, world
 
 SCENARIOS = ("harmful", "benign_mix", "adaptation")
-METHODS = ("sft", "rs", "deep_token", "kl_only", "star_dss")
+METHODS = ("sft", "rs", "deep_token", "kl_only", "star_dss", *baselines.METHODS)
+ALIGNMENT = "vaccine_alignment"  # the Job scenario of Vaccine's alignment stage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,7 @@ def write_data(world_dir: Path, s: world.Settings, data_dir: Path) -> dict[str, 
         "harmful": world.write_jsonl(data_dir / "harmful.jsonl", harmful_pairs(s)),
         "task": world.write_jsonl(data_dir / "task.jsonl", [task.as_chat(p) for p in sp["task"]["finetune"]]),
         "capability": task.write_gsm8k_dir(data_dir / "capability", sp["task"]["test"], sp["task"]["world"][:8]),
+        "alignment": world.write_jsonl(data_dir / "alignment.jsonl", world.alignment_rows(s, sp)),
         "safety": data_dir / "safety.csv",
     }
     import csv
@@ -66,7 +70,9 @@ def write_data(world_dir: Path, s: world.Settings, data_dir: Path) -> dict[str, 
 
 
 def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, files: dict, star_file: Path,
-                    recipe: Recipe, s: world.Settings):
+                    recipe: Recipe, s: world.Settings, runs: Path | None = None):
+    """The dss.train + dss.eval config of one run; `runs` (the runs directory) is where Vaccine
+    finds its alignment stage."""
     c = base_config()
     c.seed = seed
     c.data.seed = 0  # the data is the same for every seed; only the training order changes
@@ -95,6 +101,8 @@ def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, file
     c.eval.guardrail.update(path=str(world_dir / "guard_judge"), kind="llama_guard_3")
     c.eval.benchmarks.advbench.update(path=str(files["safety"]))
     c.eval.benchmarks.gsm8k.update(path=str(files["capability"]), shots=0, max_new_tokens=40)
+    if method in baselines.METHODS:
+        baselines.configure(c, method, seed, world_dir, files, runs)
     return c
 
 
@@ -144,12 +152,10 @@ def metrics(results: dict, outdir: Path) -> dict:
             "capability": cap["accuracy"]}
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class Job:
-    """One unit of work for a worker: finetune + evaluate (scenario, method, seed), or evaluate the
-    initial model (scenario "initial")."""
+    """One unit of work for a worker: finetune + evaluate (scenario, method, seed), evaluate the
+    initial model (scenario "initial"), or run and evaluate Vaccine's alignment stage (`ALIGNMENT`)."""
 
     scenario: str
     method: str
@@ -160,6 +166,7 @@ class Job:
     workdir: Path
     recipe: Recipe
     settings: world.Settings
+    runs: Path
 
 
 def run_job(job: Job) -> dict:
@@ -167,8 +174,12 @@ def run_job(job: Job) -> dict:
     import time
 
     start = time.time()
-    config = finetune_config("harmful" if job.scenario == "initial" else job.scenario, job.method, job.seed,
-                             job.world_dir, job.files, job.star_file, job.recipe, job.settings)
+    scenario = job.scenario if job.scenario in SCENARIOS else "harmful"
+    method = "sft" if job.scenario == ALIGNMENT else job.method  # the stage starts from the aligned policy
+    config = finetune_config(scenario, method, job.seed, job.world_dir, job.files, job.star_file, job.recipe,
+                             job.settings, job.runs)
+    if job.scenario == ALIGNMENT:
+        baselines.vaccine_alignment(config, job.files)
     if job.scenario == "initial":
         results = evaluate_model(config, str(job.world_dir / "policy"), job.workdir / "eval",
                                  {"date_string": world.DATE}, "initial")

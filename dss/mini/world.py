@@ -5,6 +5,8 @@
   policy template (`dss.assets.POLICY_CHAT_TEMPLATE`) and with the Llama Guard 3 template;
 - `policy/`: a random Llama-family model SFT-trained with `dss.train` to answer the capability
   task, self-instruct and GSM8K prompts and to refuse harmful requests (varied refusals);
+- `base/`: the same recipe from the same init and seed without the refusal rows, the unaligned
+  base SafeLoRA needs (policy - base is the direction alignment moved the weights in);
 - `guard_star/` (STAR's guardrail) and `guard_judge/` (the evaluation's judge): random models of
   the same family SFT-trained with `dss.train` on disjoint halves of the harmful prompts (other init
   and data seeds) to write "safe"/"unsafe" after the Llama Guard 3 rendering of (prompt, response
@@ -32,7 +34,7 @@ from dss.config import base_config
 from dss.mini import guardrail, task, texts
 from dss.models import ModelConfig, Transformer, save_pretrained
 
-VERSION = "v1"  # bump when the recipe changes, so old worlds are not reused
+VERSION = "v2"  # bump when the recipe changes, so old worlds are not reused
 DATE = "01 Jan 2025"  # the fixed template date of every run (dss.templating)
 
 GUARD_TRAINING_TEMPLATE = (
@@ -69,6 +71,7 @@ class Settings:
     guard_harmful: int = 0  # harmful prompts per guardrail (0 = its whole half of the policy split)
     guard_batch: int = 32  # guardrail training batch
     benign_limit: int = 0  # self-instruct + GSM8K rows in the policy data (0 = all that fit)
+    alignment_rows: int = 0  # the baselines' alignment data: the first N of the policy's refusal rows (0 = all)
 
     def key(self) -> str:
         blob = json.dumps({"version": VERSION, **dataclasses.asdict(self)}, sort_keys=True)
@@ -76,7 +79,7 @@ class Settings:
 
 
 QUICK = Settings(task_world=400, task_test=100, benign_limit=150, policy_epochs=4, guard_epochs=2, guard_benign=100,
-                 guard_cuts=1, guard_harmful=130, guard_batch=16)
+                 guard_cuts=1, guard_harmful=130, guard_batch=16, alignment_rows=32)
 
 
 def cache_root() -> Path:
@@ -92,15 +95,24 @@ def splits(s: Settings) -> dict:
             "task": task.task_splits(s.seed, s.task_world, s.task_finetune, s.task_test)}
 
 
-def policy_rows(s: Settings, sp: dict) -> list[dict]:
+def policy_rows(s: Settings, sp: dict, refusals: bool = True) -> list[dict]:
     """The aligned policy's SFT data: task problems, self-instruct, short GSM8K, and a refusal for
-    every harmful prompt of the policy split."""
+    every harmful prompt of the policy split (`refusals=False`: the base policy's, the same rows
+    without the refusals)."""
     rng = random.Random(s.seed)
     rows = [task.as_chat(p) for p in sp["task"]["world"]]
     benign = texts.benign_instructions() + texts.gsm8k_rows()
     rows += rng.sample(benign, s.benign_limit) if s.benign_limit else benign
-    rows += [{"prompt": h["prompt"], "response": rng.choice(texts.REFUSALS)} for h in sp["harmful"]["policy"]]
-    return rows
+    refusal_rows = [{"prompt": h["prompt"], "response": rng.choice(texts.REFUSALS)} for h in sp["harmful"]["policy"]]
+    return rows + refusal_rows if refusals else rows
+
+
+def alignment_rows(s: Settings, sp: dict) -> list[dict]:
+    """The world's alignment data for the baselines (SafeInstr, SEAL, Lisa, Vaccine): the aligned
+    policy's own refusal rows (policy-split prompts, disjoint from the evaluation and scenario
+    prompts), the first `s.alignment_rows` of them."""
+    rows = policy_rows(s, sp)[-len(sp["harmful"]["policy"]):]
+    return rows[: s.alignment_rows or None]
 
 
 def tokenizer_texts(sp: dict) -> list[str]:
@@ -182,8 +194,9 @@ def build_world(s: Settings, workers: int = 2, progress=print) -> Path:
     progress(f"world {root}: tokenizer")
     assets.make_tokenizer(root / "tokenizer", tokenizer_texts(splits(s)), vocab_size=s.vocab_size,
                           chat_template=assets.POLICY_CHAT_TEMPLATE)
-    progress("world: aligned policy and two guardrails (dss.train, from scratch)")
-    parts = ("policy", "guard_star", "guard_judge")
+    progress("world: aligned policy, its unaligned base and two guardrails (dss.train, from scratch)")
+    init_model(root / "init" / "policy", root / "tokenizer", s.policy_shape, seed=s.seed)  # policy's and base's
+    parts = ("policy", "guard_star", "base", "guard_judge")  # longest first: two workers finish together
     done = pool.run_jobs(build_part, [(name, root, s) for name in parts],
                          [root / "logs" / name / "log.txt" for name in parts], workers,
                          pool.compilation_cache(cache_root()), progress)
@@ -195,12 +208,12 @@ def build_world(s: Settings, workers: int = 2, progress=print) -> Path:
 
 
 def build_part(job: tuple[str, Path, Settings]) -> dict:
-    """Train one of the world's models (policy | guard_star | guard_judge) and measure it."""
+    """Train one of the world's models (policy | base | guard_star | guard_judge) and measure it."""
     name, root, s = job
     sp, tok_dir, start = splits(s), root / "tokenizer", time.time()
-    if name == "policy":
-        init = init_model(root / "init" / name, tok_dir, s.policy_shape, seed=s.seed)
-        rows = fitting(policy_rows(s, sp), tok_dir, s.max_length, chat=True)
+    if name in ("policy", "base"):
+        init = root / "init" / "policy"  # one init for both: policy - base is what the refusals changed
+        rows = fitting(policy_rows(s, sp, refusals=name == "policy"), tok_dir, s.max_length, chat=True)
         export = train_sft(init, rows, root / "runs" / name, seed=s.seed, epochs=s.policy_epochs, lr=s.policy_lr,
                            max_length=s.max_length)
         shutil.copytree(export, root / name)
