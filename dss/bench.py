@@ -45,6 +45,9 @@ flags.DEFINE_string("dtype", "float32", "guardrail compute dtype (bfloat16 on ac
 flags.DEFINE_integer("compile_layers", 16, "layers of the model the compile benchmark builds")
 FLAGS = flags.FLAGS
 
+# config.train's optimizer fields for every benchmarked step (AdamW with clipping, as dss.train)
+BENCH_OPTIMIZER = dict(lr=1e-5, min_lr=0.0, warmup_ratio=0.0, b1=0.9, b2=0.95, weight_decay=0.0, clip=1.0)
+
 GUARD_SHAPES = {
     "cpu": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2),
     "llama-guard-3-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -195,9 +198,7 @@ def bench_train() -> dict:
              "star_weight": rng.uniform(size=(b, t)).astype(np.float32),
              "ref_logp": -rng.uniform(1, 9, (b, t)).astype(np.float32)}
     batch = jax.tree.map(jnp.asarray, batch)
-    train_cfg = ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, warmup_ratio=0.0, b1=0.9, b2=0.95,
-                                               weight_decay=0.0, clip=1.0))
-    tx, _ = dss_train.make_optimizer(train_cfg, 100)
+    tx, _ = dss_train.make_optimizer(ml_collections.ConfigDict(BENCH_OPTIMIZER), 100)
     graphdef, params = nnx.split(model)
     del model
     state = [params, tx.init(params)]  # one state, stepped by every variant in turn (values do not affect time)
@@ -303,8 +304,7 @@ def _compile_step(cfg: ModelConfig, unroll, objective: str = "sft", kl_estimator
     batch = {"input_ids": tokens, "targets": tokens, "loss_mask": jax.ShapeDtypeStruct((8, length), bool),
              "star_weight": jax.ShapeDtypeStruct((8, length), np.float32),
              "ref_logp": jax.ShapeDtypeStruct((8, length), np.float32)}
-    tx, _ = dss_train.make_optimizer(ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, warmup_ratio=0.0, b1=0.9,
-                                                                    b2=0.95, weight_decay=0.0, clip=1.0)), 100)
+    tx, _ = dss_train.make_optimizer(ml_collections.ConfigDict(BENCH_OPTIMIZER), 100)
     obj = ml_collections.ConfigDict(dict(name=objective, kl_coef=0.5, kl_estimator=kl_estimator))
     ref = params if kl_estimator == "full" else None
     start = time.perf_counter()
