@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+import dss.hub
 import dss.models
 from dss import cache, compiles, distributed, sharding, templating
 from dss.buckets import bucket_length, next_pow2
@@ -66,7 +67,7 @@ class Guardrail:
     def from_pretrained(cls, path, kind: str = "auto", risk: str | None = None, dtype="float32", mesh=None,
                         template_vars=None):
         """`template_vars`: the run's fixed template variables (dss.templating), given to every rendering."""
-        local = dss.models.checkpoint.resolve_path(path)
+        local = dss.hub.resolve_path(path)
         adapter = GuardrailAdapter.from_pretrained(local, kind=kind, risk=risk, template_vars=template_vars)
         adapter.name = os.fspath(path)
         model = dss.models.load_pretrained(local, dtype=dtype, mesh=mesh)
@@ -512,7 +513,7 @@ def star_fingerprint(guards: Sequence[Guardrail], examples, chunk_unit: str, chu
     """Everything a STAR file depends on: data rows, each guardrail's weights, template and verdict
     recipe, chunking and score mode (not the method: shared_kv and naive give the same numbers)."""
     guard_ids = [
-        dict(weights=cache.weights_fingerprint(dss.models.checkpoint.resolve_path(g.path)), kind=g.adapter.kind,
+        dict(weights=cache.weights_fingerprint(dss.hub.resolve_path(g.path)), kind=g.adapter.kind,
              template=g.adapter.tokenizer.chat_template, template_vars=g.adapter.template_vars, risk=g.adapter.risk,
              verdict=g.adapter.verdict_token_ids)
         for g in guards
@@ -618,7 +619,7 @@ def main(config, workdir, plot: int = 0) -> None:
 
     distributed.initialize(config)
     check_star_config(config)
-    tokenizer = AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path(config.model.path))
+    tokenizer = AutoTokenizer.from_pretrained(dss.hub.resolve_path(config.model.path))
     template_vars = templating.run_template_vars(config.template, workdir)
     _, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)
     log.info("data: %s", stats)

@@ -56,7 +56,7 @@ ASSETS = {
 
 def asset(name: str) -> str:
     """Path of the tiny asset `name` (policy | guardrail), made atomically on first use. Configs
-    name it as `tiny:<name>` (resolved by `dss.models.checkpoint.resolve_path`), so reading a
+    name it as `tiny:<name>` (resolved by `dss.hub.resolve_path`), so reading a
     config builds nothing."""
     if name not in ASSETS:
         raise ValueError(f"tiny:{name}: unknown tiny asset; use one of {[f'tiny:{n}' for n in ASSETS]}")

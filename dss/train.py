@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 import dss.data
+import dss.hub
 import dss.models
 from dss import cache, checks, distributed, lora, objectives, sharding, star, templating
 from dss.atomic import atomic_dir, atomic_file
@@ -329,7 +330,7 @@ def train(config, workdir) -> dict:
     t, obj = config.train, config.objective
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
-    model_path = dss.models.checkpoint.resolve_path(config.model.path)
+    model_path = dss.hub.resolve_path(config.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     template_vars = templating.run_template_vars(config.template, workdir)
     encoded, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)

@@ -13,7 +13,7 @@ import optax
 from flax import nnx
 
 import dss.models
-from dss import checks, data
+from dss import data, files
 from overrides import override
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def assert_trees_close(a, b, **tol) -> None:
 def write_alignment_set(path: Path, rows: int = 16) -> dict:
     """`rows` lines of (bundled AdvBench prompt -> refusal) JSON at `path`, the shape of the papers'
     BeaverTails-safe alignment data; returns its source dict."""
-    header, *body = checks.read_csv(data.bundled("advbench/harmful_behaviors.csv"))
+    header, *body = files.read_csv(data.bundled("advbench/harmful_behaviors.csv"))
     goal = header.index("goal")
     path.write_text("".join(json.dumps({"prompt": r[goal], "response": REFUSAL}) + "\n" for r in body[:rows]))
     return {"path": str(path)}

@@ -8,6 +8,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from transformers import AutoTokenizer
 
 import dss.data
+import dss.hub
 import dss.models
 from dss import cli, distributed, sharding, templating, train
 
@@ -15,7 +16,7 @@ from dss import cli, distributed, sharding, templating, train
 def main(config, workdir):
     distributed.initialize(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    tokenizer = AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path(config.model.path))
+    tokenizer = AutoTokenizer.from_pretrained(dss.hub.resolve_path(config.model.path))
     encoded, _, _ = dss.data.build_dataset(config.data, tokenizer, templating.run_template_vars(config.template, workdir))
     size = config.train.global_batch
     batches = dss.data.StepBatcher(encoded, None, size, seed=config.seed, length=512)

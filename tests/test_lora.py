@@ -14,6 +14,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file
 
+import dss.hub
 import dss.models
 from baseline_tools import RECORD_GRADS, random_batch, tiny_config, use_shared_cache
 from dss import checks, lora, sharding
@@ -98,7 +99,7 @@ def test_merged_and_peft_exports_give_our_adapted_logits(family, tmp_path):
 
 
 def test_fresh_adapters_leave_the_base_model_and_are_seeded():
-    model = dss.models.load_pretrained("tiny:policy")
+    model = dss.models.load_pretrained(dss.hub.resolve_path("tiny:policy"))
     cfg = lora_cfg()
     weights = lora.init(cfg, model, seed=0)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 16)))
@@ -131,7 +132,7 @@ def test_lora_step_is_the_full_step_through_the_chain_rule(objective, mesh_shape
     step's at the merged weights (full KL: the reference is the base); the base is not touched."""
     mesh = sharding.make_mesh(*mesh_shape)
     config = tiny_config(**{"objective.name": objective, "objective.kl_estimator": "full"})
-    model = dss.models.load_pretrained(config.model.path, mesh=mesh)
+    model = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path), mesh=mesh)
     cfg = lora_cfg()
     weights = randomised(lora.init(cfg, model, 0, mesh))
     for target, ab in weights.items():
@@ -184,7 +185,7 @@ def test_lora_trains_on_the_tiny_config_and_resumes_exactly(tmp_path, compile_ca
     # a checkpoint holds the adapters and their optimizer state, nothing of the base
     step = tmp_path / "straight" / "checkpoints" / "5"
     assert {p.name for p in step.iterdir() if p.is_dir()} == {"adapters", "opt_state", "meta"}
-    policy = dss.models.load_pretrained("tiny:policy")
+    policy = dss.models.load_pretrained(dss.hub.resolve_path("tiny:policy"))
     shapes = {tuple(x.shape) for t in ALL for x in (lora.init(lora_cfg(rank=8), policy, 0)[t][k] for k in "ab")}
     saved = ocp.StandardCheckpointer().metadata(step / "opt_state").item_metadata
     assert {tuple(m.shape) for m in jax.tree.leaves(saved) if m.shape} == shapes

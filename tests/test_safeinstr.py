@@ -15,6 +15,7 @@ import pytest
 from transformers import AutoTokenizer
 
 import dss.data
+import dss.hub
 import dss.models
 from dss import train as dss_train
 from dss.baselines import safeinstr
@@ -33,7 +34,7 @@ def tiny_cache(tmp_path_factory):  # one per session: test_seal and test_safeins
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_cache):
-    return AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path("tiny:policy"))
+    return AutoTokenizer.from_pretrained(dss.hub.resolve_path("tiny:policy"))
 
 
 def tiny_config(**overrides):

@@ -12,12 +12,14 @@ import torch
 from flax import nnx
 from safetensors.numpy import load_file
 
+import dss.hub
 import dss.models
 from baseline_tools import tiny_config, use_shared_cache
 from dss import lora
 from dss import train as dss_train
 from dss.baselines import safelora
-from dss.models.checkpoint import SafetensorsDir, resolve_path
+from dss.hub import resolve_path
+from dss.models.checkpoint import SafetensorsDir
 from hf_tiny import make_hf_model
 
 PREFIX = "base_model.model."
@@ -101,7 +103,7 @@ def test_safelora_trains_on_the_tiny_config_and_exports_the_projected_adapter(tm
     dss_train.train(config, tmp_path / "run")
 
     # the trained (unprojected) adapters from the last checkpoint, projected the official way
-    policy = dss.models.load_pretrained(config.model.path)
+    policy = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path))
     restored = ocp.StandardCheckpointer().restore(tmp_path / "run" / "checkpoints" / "2" / "adapters")
     trained = lora.to_peft(policy.config, jax.tree.map(jax.numpy.asarray, restored))
     expected, cos = official_projection(SafetensorsDir(resolve_path(config.model.path)), SafetensorsDir(base), trained,

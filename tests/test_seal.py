@@ -15,6 +15,7 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 import dss.data
+import dss.hub
 import dss.models
 from dss import templating
 from dss import train as dss_train
@@ -52,7 +53,7 @@ def test_one_step_matches_plain_jax_grad_and_numpy():
     """With SGD for both optimizers the step's updates are -lr * gradient: the model's must be the
     gradient of lam * mean CE_safe + (1 - lam) * mean w_i CE_i (w constant) computed from whole
     logits, the selector's the closed form of d/dlogits mean_i N softmax(logits)_i CE_i."""
-    model = dss.models.load_pretrained("tiny:policy")
+    model = dss.models.load_pretrained(dss.hub.resolve_path("tiny:policy"))
     graphdef, params = nnx.split(model)
     rng = np.random.default_rng(0)
     batch, length, vocab, n_user, lam, lr = 4, 16, model.config.vocab_size, 6, 0.7, 0.1
@@ -141,7 +142,7 @@ def test_tiny_run_selects_then_finetunes_and_a_rerun_reuses_the_ranking(tmp_path
 
     monkeypatch.setattr(seal, "train_selector", no_training)
     config = seal_run_config(**{"seal.keep_fraction": 0.25})  # another share of the same ranking
-    tokenizer = AutoTokenizer.from_pretrained(dss.models.checkpoint.resolve_path(config.model.path))
+    tokenizer = AutoTokenizer.from_pretrained(dss.hub.resolve_path(config.model.path))
     template_vars = templating.run_template_vars(config.template, tmp_path)  # the run's, as dss.train renders
     encoded, examples, stats = dss.data.build_dataset(config.data, tokenizer, template_vars)
     _, kept, report = seal.select(config, tmp_path, tokenizer, template_vars, encoded, examples, stats)

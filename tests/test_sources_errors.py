@@ -4,7 +4,7 @@ sources and eval benchmarks alike."""
 import pytest
 
 import dss.data
-from dss import checks
+from dss import files
 from dss.eval import benchmarks, capability
 from dss.eval.io import read_jsonl, read_rows
 
@@ -97,7 +97,7 @@ def test_output_jsonl_errors_use_the_same_form(tmp_path):
 
 def test_a_good_file_is_parsed_once(tmp_path, monkeypatch):
     calls = []
-    real = checks.read_json
-    monkeypatch.setattr(checks, "read_json", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = files.read_json
+    monkeypatch.setattr(files, "read_json", lambda *a, **k: calls.append(a) or real(*a, **k))
     path = _file(tmp_path, "data.jsonl", GOOD * 3)
     assert len(dss.data.load_examples({"path": str(path), "limit": 2})) == 2 and len(calls) == 1

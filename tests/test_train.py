@@ -17,6 +17,7 @@ import torch
 import transformers
 from flax import nnx
 
+import dss.hub
 import dss.models
 from dss import train as dss_train
 from overrides import override
@@ -64,7 +65,7 @@ def test_tiny_run_end_to_end(tmp_path):
     with torch.no_grad():
         theirs = hf(torch.tensor([ids])).logits.numpy()
     assert np.abs(ours - theirs).max() <= 1e-4
-    start = dss.models.load_pretrained(config.model.path)
+    start = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path))
     assert np.abs(np.asarray(start(jnp.asarray([ids]))) - ours).max() > 1e-3  # training changed it
 
 
@@ -112,7 +113,7 @@ def test_sharded_training_equals_single_device(tmp_path):
 def test_accumulation_equals_one_batch(tmp_path):
     """4 micro-batches normalised by the global token count == one batch of 16."""
     config = tiny_config()
-    model = dss.models.load_pretrained(config.model.path)
+    model = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path))
     rng = np.random.default_rng(0)
     vocab = model.config.vocab_size
     mask = np.zeros((16, 48), bool)
@@ -127,7 +128,7 @@ def test_accumulation_equals_one_batch(tmp_path):
     tx = optax.sgd(1.0)
     results = []
     for accum in (1, 4):
-        graphdef, params = nnx.split(dss.models.load_pretrained(config.model.path))
+        graphdef, params = nnx.split(dss.models.load_pretrained(dss.hub.resolve_path(config.model.path)))
         step = dss_train.make_train_step(graphdef, tx, config.objective, accum)
         params, _, metrics = step(params, tx.init(params), jax.tree.map(jnp.asarray, batch), None)
         results.append((params, {k: float(v) for k, v in metrics.items()}))
@@ -168,7 +169,7 @@ def test_every_step_equals_its_logits_objective_without_whole_logits(objective, 
     from dss import objectives
 
     config = tiny_config(**{"objective.name": objective, "objective.kl_estimator": estimator})
-    model = dss.models.load_pretrained(config.model.path)
+    model = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path))
     graphdef, params = nnx.split(model)
     ref_params = jax.tree.map(lambda x: x * 1.01, params)
     rng = np.random.default_rng(1)
@@ -214,7 +215,7 @@ def test_full_kl_step_never_materialises_whole_logits():
     from dss import objectives
 
     config = tiny_config()
-    model = dss.models.load_pretrained(config.model.path)
+    model = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path))
     graphdef, params = nnx.split(model)
     ref_params = jax.tree.map(lambda x: x * 1.01, params)
     rng = np.random.default_rng(0)
@@ -283,7 +284,7 @@ def test_resume_on_the_next_day_logs_the_uninterrupted_losses(tmp_path, monkeypa
     import shutil
 
     policy = tmp_path / "dated_policy"
-    shutil.copytree(dss.models.checkpoint.resolve_path("tiny:policy"), policy)
+    shutil.copytree(dss.hub.resolve_path("tiny:policy"), policy)
     tok = transformers.AutoTokenizer.from_pretrained(policy)
     tok.chat_template = DATED_TEMPLATE
     tok.save_pretrained(policy)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import dss.hub
 import dss.models
 from baseline_tools import (RECORD_GRADS, assert_trees_close, max_diff, random_batch, tiny_config, tiny_model,
                             use_shared_cache, write_alignment_set)
@@ -102,7 +103,7 @@ def test_alignment_stage_then_user_finetuning_on_the_tiny_config(tmp_path):
     assert np.isfinite(final["loss"]) and final["loss"] > final["loss_unperturbed"]
     export = tmp_path / "align" / "export"
     ids = jnp.arange(1, 40)[None]
-    aligned, start = dss.models.load_pretrained(export), dss.models.load_pretrained("tiny:policy")
+    aligned, start = dss.models.load_pretrained(export), dss.models.load_pretrained(dss.hub.resolve_path("tiny:policy"))
     assert np.abs(np.asarray(aligned(ids)) - np.asarray(start(ids))).max() > 1e-3  # the stage trained it
 
     finetune = dss_train.train(tiny_config(**{"objective.name": "sft", "model.path": str(export), "train.max_steps": 1,

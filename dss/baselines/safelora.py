@@ -21,7 +21,8 @@ import numpy as np
 from dss import distributed
 from dss.atomic import atomic_file
 from dss.lora import PEFT_PREFIX, peft_module
-from dss.models.checkpoint import SafetensorsDir, resolve_path
+from dss.hub import resolve_path
+from dss.models.checkpoint import SafetensorsDir
 
 log = logging.getLogger("dss.safelora")
 

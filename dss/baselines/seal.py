@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 import dss.data
+import dss.hub
 import dss.models
 from dss import cache, distributed, objectives, sharding
 
@@ -131,7 +132,7 @@ def train_selector(config, safe: list, user: list, pad_id: int) -> np.ndarray:
     """The trained selector logits, one per user example (see the module docstring)."""
     s = config.seal
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    model = dss.models.load_pretrained(config.model.path, dtype=config.model.dtype,
+    model = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path), dtype=config.model.dtype,
                                        param_dtype=config.model.param_dtype, mesh=mesh, remat=config.train.remat)
     graphdef, params = nnx.split(model)
     del model
@@ -169,7 +170,7 @@ def fingerprint(config, safe: list, user: list) -> str:
     settings = {k: s[k] for k in ("epochs", "max_steps", "global_batch", "micro_batch", "lr", "selector_lr",
                                   "upper_weight", "upper_weight_decay", "activation")}
     data = lambda encoded: [(e.input_ids.tolist(), np.flatnonzero(e.loss_mask).tolist()) for e in encoded]
-    model_dir = dss.models.checkpoint.resolve_path(config.model.path)
+    model_dir = dss.hub.resolve_path(config.model.path)
     return cache.fingerprint("seal", cache.weights_fingerprint(model_dir), config.model.dtype, config.model.param_dtype,
                              config.seed, settings, BETAS, MODEL_CLIP, SELECTOR_CLIP, data(safe), data(user))
 

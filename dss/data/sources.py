@@ -17,7 +17,7 @@ from pathlib import Path
 
 import datasets
 
-from dss import checks
+from dss import files
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def source_name(source: Mapping) -> str:
 
 def _read(source: Mapping) -> tuple[list, list[str]]:
     """The raw rows of a source (its first `limit`) and their column names. JSON, JSON-lines and
-    CSV files are parsed here, once (dss.checks), so a malformed one fails as `<path> line N:
+    CSV files are parsed here, once (dss.files), so a malformed one fails as `<path> line N:
     <reason>` (1-based, as an editor counts) and CSV cells stay text as written ("007", "");
     parquet files, hub datasets and local dataset directories go through `datasets.load_dataset`."""
     path, limit = str(source["path"]), int(source.get("limit") or 0) or None
@@ -49,10 +49,10 @@ def _read(source: Mapping) -> tuple[list, list[str]]:
     if fmt is not None and not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     if fmt == "csv":
-        header, *records = checks.read_csv(path) or [[]]
+        header, *records = files.read_csv(path) or [[]]
         return [dict(zip(header, r)) for r in records[:limit]], header
     if fmt == "json":
-        rows = checks.read_json(path)
+        rows = files.read_json(path)
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of objects, or one object a line")
         return rows[:limit], list(dict.fromkeys(k for r in rows if isinstance(r, Mapping) for k in r))

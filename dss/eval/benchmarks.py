@@ -23,7 +23,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from dss.checks import read_csv
+from dss.files import read_csv
 from dss.eval.io import column, is_local, read_rows
 
 __all__ = ["HEXPHI_CATEGORIES", "LOADERS", "Record", "load"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dss.atomic import atomic_file
-from dss.checks import read_csv, read_json
+from dss.files import read_csv, read_json
 
 LOCAL_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
 

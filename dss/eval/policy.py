@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import dss.hub
 import dss.models
 from dss import sharding
 from dss.buckets import bucket_length, next_pow2
@@ -85,7 +86,7 @@ class Policy:
     @property
     def model(self):
         if self._model is None:
-            local = dss.models.checkpoint.resolve_path(self.model_path)
+            local = dss.hub.resolve_path(self.model_path)
             self._mesh = sharding.make_mesh(*self.mesh_shape) if self.mesh_shape else None
             self._model = dss.models.load_pretrained(local, dtype=self.dtype, mesh=self._mesh)
             self._eos = self._eos_ids(local / "generation_config.json")

@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+import dss.hub
 import dss.models
 from dss import distributed, sharding, templating
 from dss.eval.benchmarks import advbench
@@ -128,7 +129,7 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
 
     from transformers import AutoTokenizer
 
-    local = dss.models.checkpoint.resolve_path(model_path)
+    local = dss.hub.resolve_path(model_path)
     tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer or str(local))
     mesh = sharding.make_mesh(*cfg.mesh) if cfg.mesh else None
     model = dss.models.load_pretrained(local, dtype=cfg.dtype, mesh=mesh)

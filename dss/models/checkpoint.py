@@ -127,13 +127,9 @@ class SafetensorsDir:
             raise ValueError(f"{file}: cannot read tensor {key!r} ({e})") from e
 
 
-def resolve_path(path: str | os.PathLike) -> Path:
-    """A local directory as is; `tiny:<name>` the tiny CPU asset of that name (`dss.tiny`, made on
-    first use); anything else is taken as a Hugging Face Hub repo id."""
-    if str(path).startswith("tiny:"):
-        from dss import tiny
-
-        return Path(tiny.asset(str(path).removeprefix("tiny:")))
+def model_dir(path: str | os.PathLike) -> Path:
+    """A local directory as is; anything else is taken as a Hugging Face Hub repo id and fetched
+    (weights, configs, tokenizer files). Other names (`tiny:<name>`) are `dss.hub.resolve_path`'s."""
     local = Path(path).expanduser()
     if local.is_dir():
         return local
@@ -156,7 +152,7 @@ def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=No
     `remat` is the block rematerialisation policy (`dss.models.transformer.REMAT_POLICIES`);
     `unroll` the layers per step of the layer scan.
     """
-    path = resolve_path(path)
+    path = model_dir(path)
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{path}: no config.json")

@@ -1,0 +1,8 @@
+"""The errors a user can cause and fix: a config key or value, a data file, a path, a checkpoint,
+a workdir in use. The command line prints them as one line (no traceback) and exits with
+status 2; everything else is a bug and keeps its traceback."""
+
+
+class UserError(ValueError):
+    """A mistake in the user's input; the message names the key, file and line, or path, and
+    what to do. A ValueError, so callers that catch bad values keep working."""
