@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from dss.atomic import atomic_file
+
+log = logging.getLogger("dss.cache")
 
 _SAMPLE_BYTES = 1 << 20
 
@@ -78,4 +81,24 @@ def load(path, kind: str, fp: str) -> dict[str, np.ndarray] | None:
             f"expected {fp[:12]}): the data rows, model/guardrail weights or template, or settings "
             "changed; delete it or point the cache elsewhere to recompute"
         )
+    return arrays
+
+
+def load_or_compute(path, kind: str, fp: str, compute, what: str, named: bool = False,
+                    write: bool = True) -> dict[str, np.ndarray]:
+    """The arrays cached at `path` for fingerprint `fp`, else `compute()` (a dict of arrays)
+    written there when `write` (process 0). A stale or foreign file is recomputed with a warning
+    (`what` says what changes make it stale), unless the user named the file (`named`): then it is
+    refused, so a file they chose is never silently replaced."""
+    try:
+        arrays = load(path, kind, fp)
+    except StaleCacheError:
+        if named:
+            raise
+        log.warning("%s is stale (%s changed): recomputing", path, what)
+        arrays = None
+    if arrays is None:
+        arrays = compute()
+        if write:
+            save(path, kind, fp, arrays)
     return arrays

@@ -22,7 +22,8 @@ from etils import epath
 from flax import nnx
 
 from dss import sharding
-from dss.models.checkpoint import hf_names, to_host
+from dss.sharding import place, to_host
+from dss.models.checkpoint import hf_names
 from dss.models.transformer import LORA_TARGETS, Lora, Transformer
 
 RANK_AXIS = "lora_rank"
@@ -70,16 +71,8 @@ def init(cfg, model: Transformer, seed: int, mesh=None) -> dict:
         rng = np.random.default_rng([seed, LORA_TARGETS.index(target)])
         a = rng.uniform(-bound, bound, (*w.shape[:n], cfg.rank)).astype(w.dtype)
         b = np.zeros((w.shape[0], cfg.rank, *w.shape[n:]), w.dtype)
-        weights[target] = {"a": _place(a, on_mesh(a, a_axes)), "b": _place(b, on_mesh(b, b_axes))}
+        weights[target] = {"a": place(a, on_mesh(a, a_axes)), "b": place(b, on_mesh(b, b_axes))}
     return weights
-
-
-def _place(value: np.ndarray, where) -> jax.Array:
-    """A host array laid out by the sharding `where` (None: the default device), each device
-    receiving only its shard."""
-    if where is None:
-        return jnp.asarray(value)
-    return jax.make_array_from_callback(value.shape, where, lambda index: value[index])
 
 
 def apply(cfg, weights: dict, key=None) -> Lora:
@@ -151,8 +144,8 @@ def from_peft(model_config, tensors: dict[str, np.ndarray], like: dict) -> dict:
         layers = range(ab["a"].shape[0])
         a = np.stack([tensors[peft_key(model_config, target, i, "A")].T.reshape(ab["a"].shape[1:]) for i in layers])
         b = np.stack([tensors[peft_key(model_config, target, i, "B")].T.reshape(ab["b"].shape[1:]) for i in layers])
-        out[target] = {"a": _place(a.astype(ab["a"].dtype), ab["a"].sharding),
-                       "b": _place(b.astype(ab["b"].dtype), ab["b"].sharding)}
+        out[target] = {"a": place(a.astype(ab["a"].dtype), ab["a"].sharding),
+                       "b": place(b.astype(ab["b"].dtype), ab["b"].sharding)}
     return out
 
 

@@ -49,7 +49,7 @@ def logp_and_full_kl(logits, ref_logits, targets):
     """`token_logp(logits, targets)` and the exact per-token KL(p_theta || p_ref), float32 [B, T].
 
     All positions at once: both models' float32 log-softmaxes [B, T, V] exist together. The train
-    step's full KL goes through `hidden_logp_and_full_kl`, which never holds whole logits.
+    step's full KL goes through `hidden_token_terms`, which never holds whole logits.
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     ref = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits).astype(jnp.float32), axis=-1)
@@ -199,7 +199,7 @@ def star_dss_loss(
 
 
 def star_dss_from_terms(logp, kl, loss_mask, star_weights, kl_coef=0.5, normalizer=None):
-    """STAR-DSS from per-token label log-probs and KL terms [B, T] (see `hidden_logp_and_full_kl`)."""
+    """STAR-DSS from per-token label log-probs and KL terms [B, T] (see `hidden_token_terms`)."""
     mask, n_tokens, denom = _setup(loss_mask, normalizer)
     w = jnp.where(mask, jnp.asarray(star_weights, jnp.float32), 0.0)
     loss = _msum(w * -logp + (1.0 - w) * kl_coef * kl, mask, denom)

@@ -82,3 +82,47 @@ def constrain(x: jax.Array, logical_axes) -> jax.Array:
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, partition_spec(logical_axes, x.shape, mesh))
+
+
+def place(value: np.ndarray, where: NamedSharding | None) -> jax.Array:
+    """A host array laid out by the sharding `where` (None: the default device), each device
+    receiving only its shard: no device (or host) ever holds the whole array for a sharded one."""
+    if where is None:
+        return jax.numpy.asarray(value)
+    return jax.make_array_from_callback(value.shape, where, lambda index: value[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (gathered from every host when it spans several)."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def host_rows(sharding: NamedSharding, global_batch: int) -> list[int]:
+    """The rows of a global batch that this host's devices hold, in order."""
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+        rows.update(range(global_batch)[index[0]])
+    return sorted(rows)
+
+
+def rows_to_global(local: np.ndarray, rows: list[int], global_batch: int, sharding: NamedSharding) -> jax.Array:
+    """The global [global_batch, ...] array from this host's `rows` of it (`local`, in that order):
+    each device takes its block of rows, so no host holds another host's rows."""
+    position = {row: i for i, row in enumerate(rows)}
+
+    def block(index):
+        wanted = range(global_batch)[index[0]]
+        return local[[position[r] for r in wanted]][(slice(None), *index[1:])]
+
+    return jax.make_array_from_callback((global_batch, *local.shape[1:]), sharding, block)
+
+
+def replicate_rest(tree, mesh: Mesh):
+    """`tree` with every array that is not laid out on a mesh yet (an optimizer's step count)
+    replicated on `mesh`; the others (moments that follow the parameters) keep their sharding."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), tree)

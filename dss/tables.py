@@ -5,7 +5,9 @@ the runs in the order given, or with `--layout` in the paper's row order of that
 and GSM8K accuracy (%), "-" where a run lacks a number. Printed as Markdown and written to
 `<out>/table.md`, `<out>/table.tex`, plus `<out>/safety_vs_capability.png` (mean safety vs mean
 capability per method, over the columns all runs have). A run directory is an eval outdir (with
-results.json) or a training workdir (with eval/results.json).
+results.json) or a training workdir (with eval/results.json). `--out` defaults to `tables/` beside
+the runs (in the directory that holds them all), never the current directory: a `tables/` folder
+there can shadow this module when Python is started from the checkout's parent.
 
 Each safety column uses one judge for every row: the first of `--judge` that all runs having
 that benchmark were judged with (keyword safety = 100 - ASR).
@@ -13,35 +15,83 @@ that benchmark were judged with (keyword safety = 100 - ASR).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # refuse bad input before matplotlib loads
+    from dss import cli
+    from dss.tables import OPTIONS, check
+
+    cli.launch("dss.tables", check=check, config=False, positional="RUN_DIR", options=OPTIONS)
+
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
-from absl import app, flags
+from dss import methods
+from dss.errors import UserError
 
-__all__ = ["COLUMNS", "LAYOUTS", "build", "latex", "load_run", "markdown", "scatter"]
+__all__ = ["COLUMNS", "LAYOUTS", "build", "check", "default_out", "latex", "load_run", "main", "markdown", "scatter"]
+
+OPTIONS = {
+    "out": ("", "directory for table.md, table.tex and safety_vs_capability.png ('' = tables/ beside the runs)"),
+    "judge": ("guardrail,llm,keyword", "safety judges in order of preference"),
+    "layout": ("", "table1 | table2: rows in that paper table's order ('' = the order given)"),
+}
+JUDGES = ("guardrail", "llm", "keyword")
 
 # (header, benchmark name in results.json, "safety" | "capability")
 COLUMNS = (("HEx-PHI", "hexphi", "safety"), ("AdvBench", "advbench", "safety"), ("MMLU", "mmlu", "capability"),
            ("ARC-C", "arc_c", "capability"), ("GSM8K", "gsm8k", "capability"))
 
-# The paper's row order per table, by method name (`config.eval.method`, which configs/paper/
-# sets to these names); rows of other methods follow in the order given.
-LAYOUTS = {
-    "table1": ("SFT", "Vaccine", "SafeLoRA", "RS", "Deep Token", "STAR-DSS"),
-    "table2": ("SFT", "SafeInstr", "SEAL", "Lisa", "STAR-DSS"),
-}
+# The paper's row order per table, by method label (`config.eval.method`, which configs/paper/
+# sets to the labels `dss.methods` declares); rows of other methods follow in the order given.
+LAYOUTS = {table: methods.table_rows(table) for table in ("table1", "table2")}
+
+
+def _results_file(path: str | Path) -> Path | None:
+    path = Path(path)
+    return next((c for c in (path, path / "results.json", path / "eval" / "results.json") if c.is_file()), None)
 
 
 def load_run(path: str | Path) -> dict:
-    path = Path(path)
-    for candidate in (path, path / "results.json", path / "eval" / "results.json"):
-        if candidate.is_file():
-            results = json.loads(candidate.read_text())
-            if "benchmarks" not in results:
-                raise ValueError(f"{candidate}: not a dss.eval results.json (no 'benchmarks')")
-            return results
-    raise FileNotFoundError(f"{path}: no results.json (nor eval/results.json)")
+    """The results.json of an eval outdir or training workdir (or the file itself)."""
+    candidate = _results_file(path)
+    if candidate is None:
+        raise FileNotFoundError(f"{path}: no results.json (nor eval/results.json)")
+    try:
+        results = json.loads(candidate.read_text())
+    except ValueError as err:
+        raise UserError(f"{candidate}: not valid JSON ({err})") from None
+    if not isinstance(results, dict) or "benchmarks" not in results:
+        raise UserError(f"{candidate}: not a dss.eval results.json (no 'benchmarks')")
+    return results
+
+
+def default_out(run_dirs: Sequence[str | Path]) -> Path:
+    """`tables/` in the directory that holds every run (their common parent)."""
+    runs = [Path(p).resolve() for p in run_dirs]
+    runs = [p.parent if p.is_file() else p for p in runs]
+    return Path(os.path.commonpath([p.parent for p in runs])) / "tables"
+
+
+def _judges(judge: str) -> list[str]:
+    return [j.strip() for j in judge.split(",") if j.strip()]
+
+
+def check(run_dirs: Sequence[str], out: str = "", judge: str = "guardrail,llm,keyword", layout: str = "") -> None:
+    """The command line's check (before matplotlib loads): every run has a results.json, the judges
+    and layout are known, and the output directory is not inside the package."""
+    from dss.workdir import refuse_package_dir
+
+    for path in run_dirs:
+        if _results_file(path) is None:
+            what = "no such directory" if not Path(path).exists() else "no results.json (nor eval/results.json)"
+            raise UserError(f"{path}: {what}; give dss.eval output directories or training workdirs")
+    unknown = [j for j in _judges(judge) if j not in JUDGES]
+    if unknown or not _judges(judge):
+        raise UserError(f"--judge {judge!r}: use judges among {', '.join(JUDGES)}, in order of preference")
+    if layout and layout not in LAYOUTS:
+        raise UserError(f"--layout {layout!r}: unknown; use one of {', '.join(LAYOUTS)}")
+    refuse_package_dir(out or default_out(run_dirs), "--out")
 
 
 def _judge_for(runs: Sequence[dict], bench: str, preference: Sequence[str]) -> str | None:
@@ -62,7 +112,7 @@ def build(runs: Sequence[dict], preference: Sequence[str] = ("guardrail", "llm",
     """(headers, rows [(method, [value or None])], judges {benchmark: judge}); initial models first,
     then the finetuned runs in the given order or in `LAYOUTS[layout]`'s."""
     if layout and layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: unknown; use one of {', '.join(LAYOUTS)}")
+        raise UserError(f"layout {layout!r}: unknown; use one of {', '.join(LAYOUTS)}")
     judges = {bench: _judge_for(runs, bench, preference) for _, bench, kind in COLUMNS if kind == "safety"}
     rows = []
     for run in sorted(runs, key=_row_key(LAYOUTS.get(layout, ()))):  # stable: given order otherwise
@@ -109,8 +159,9 @@ def latex(headers, rows, judges) -> str:
 
 
 def scatter(rows, path: str | Path) -> None:
-    """Mean safety % (y) against mean capability accuracy % (x), one labelled point per method.
-    Each mean is over the columns every row has, so the points are comparable."""
+    """Mean safety % (y) against mean capability accuracy % (x), one point per method, each with
+    its own colour and marker named in the legend (methods often land on one point, where text
+    labels would overlap). Each mean is over the columns every row has, so the points are comparable."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,30 +171,36 @@ def scatter(rows, path: str | Path) -> None:
         return [i for i, (_, _, k) in enumerate(COLUMNS) if k == kind and all(v[i] is not None for _, v in rows)]
 
     safety, capability = common("safety"), common("capability")
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=150)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=150)
     if rows and safety and capability:
-        for method, values in rows:
-            x = sum(values[i] for i in capability) / len(capability)
-            y = sum(values[i] for i in safety) / len(safety)
-            ax.scatter(x, y)
-            ax.annotate(method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.margins(0.2)
+        markers, colours = "osD^vP*Xhp<>", plt.get_cmap("tab10").colors
+        points = [(sum(v[i] for i in capability) / len(capability), sum(v[i] for i in safety) / len(safety))
+                  for _, v in rows]
+        at = [(round(x, 1), round(y, 1)) for x, y in points]
+        for k, ((method, _), (x, y)) in enumerate(zip(rows, points)):
+            later = at[k + 1:].count(at[k])  # methods on one spot: the earlier drawn larger, beneath
+            ax.scatter(x, y, s=60 + 70 * later, marker=markers[k % len(markers)], color=colours[k % len(colours)],
+                       edgecolors="black", linewidths=0.6, label=f"{method} ({x:.1f}, {y:.1f})", zorder=3)
+        ax.margins(0.15)
+        legend = ax.legend(title="method (capability, safety)", fontsize=8, title_fontsize=8, loc="upper left",
+                           bbox_to_anchor=(1.02, 1), borderaxespad=0)
+        for handle in legend.legend_handles:
+            handle.set_sizes([60])
     else:
         ax.text(0.5, 0.5, "no safety and capability column\ncommon to all runs", ha="center", transform=ax.transAxes)
     ax.set_xlabel("capability: mean accuracy % (" + ", ".join(COLUMNS[i][0] for i in capability) + ")")
     ax.set_ylabel("safety: mean % safe (" + ", ".join(COLUMNS[i][0] for i in safety) + ")")
+    ax.set_title("safety vs capability", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
-
-def main(argv):
-    if len(argv) < 2:
-        raise app.UsageError("usage: python -m dss.tables <run dirs...> [--out DIR] [--judge guardrail,llm,keyword]")
-    runs = [load_run(p) for p in argv[1:]]
-    table = build(runs, [j.strip() for j in flags.FLAGS.judge.split(",") if j.strip()], flags.FLAGS.layout)
-    out = Path(flags.FLAGS.out)
+def main(run_dirs: Sequence[str], out: str = "", judge: str = "guardrail,llm,keyword", layout: str = "") -> None:
+    """Build the table of `run_dirs` and write it (with the plot) to `out` (default: `default_out`)."""
+    runs = [load_run(p) for p in run_dirs]
+    table = build(runs, _judges(judge), layout)
+    out = Path(out) if out else default_out(run_dirs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown(*table))
     (out / "table.tex").write_text(latex(*table))
@@ -151,9 +208,3 @@ def main(argv):
     print(markdown(*table))
     print(f"wrote {out / 'table.md'}, {out / 'table.tex'}, {out / 'safety_vs_capability.png'}")
 
-
-if __name__ == "__main__":  # flags defined here only, so importing dss.tables defines none
-    flags.DEFINE_string("out", "tables", "directory for table.md, table.tex and safety_vs_capability.png")
-    flags.DEFINE_string("judge", "guardrail,llm,keyword", "safety judges in order of preference")
-    flags.DEFINE_string("layout", "", "table1 | table2: rows in that paper table's order ('' = the order given)")
-    app.run(main)

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 import dss.data
 import dss.hub
 import dss.models
-from dss import cli, distributed, sharding, templating, train
+from dss import cli, distributed, sharding, templating
 
 
 def main(config, workdir):
@@ -21,17 +21,18 @@ def main(config, workdir):
     size = config.train.global_batch
     batches = dss.data.StepBatcher(encoded, None, size, seed=config.seed, length=512)
     batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    rows = train.host_rows(batch_sharding, size)
+    rows = sharding.host_rows(batch_sharding, size)
     assert len(rows) == size // jax.process_count(), rows
     for step in range(3):
         local = batches.batch(step, rows)
         whole = batches.batch(step)
         for key, value in local.items():
             assert value.shape[0] == len(rows)
-            assembled = multihost_utils.process_allgather(train._to_global(value, rows, size, batch_sharding), tiled=True)
+            assembled = multihost_utils.process_allgather(sharding.rows_to_global(value, rows, size, batch_sharding),
+                                                         tiled=True)
             np.testing.assert_array_equal(np.asarray(assembled), whole[key])
     print(f"process {jax.process_index()}: built rows {rows} of {size}; assembled batches equal the whole batches")
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.launch("multihost_batches")  # this file, imported by name (the script's directory is on sys.path)

@@ -4,7 +4,8 @@ import pytest
 
 import dss.star
 import dss.train
-from dss.checks import check_star_config, check_train_config
+from dss.star_config import check_star_config
+from dss.train_checks import check_train_config
 from dss.config import base_config
 from overrides import override
 
@@ -27,7 +28,7 @@ def test_a_good_config_passes():
 
 BAD = {
     "objective.name": ("foo", "config.objective.name = 'foo': unknown objective; "
-                       "use one of star_dss, sft, rs, deep_token, kl_only, vaccine, lisa"),
+                       "use one of sft, rs, deep_token, star_dss, kl_only"),
     "objective.kl_estimator": ("k4", "config.objective.kl_estimator = 'k4': unknown KL estimator; "
                                "use one of k1, k2, k3, full"),
     "objective.rs_mode": ("medium", "config.objective.rs_mode = 'medium': unknown rs mode; use one of hard, soft"),

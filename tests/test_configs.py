@@ -51,7 +51,8 @@ def test_every_variant_names_its_paper_row_and_trains_what_it_says():
     assert tuple(rows.values()) == tables.LAYOUTS["table2"]
 
     align = table1("vaccine_align,benign10,alignment=/d/a.jsonl")
-    assert (align.objective.name, align.vaccine.rho, align.workdir) == ("vaccine", 2.0, "workdir/table1_vaccine_align")
+    assert (align.objective.name, align.vaccine.enabled, align.vaccine.rho, align.workdir) == (
+        "sft", True, 2.0, "workdir/table1_vaccine_align")
     assert [s["path"] for s in align.data.sources] == ["/d/a.jsonl"] and align.data.size == 0  # alignment data only
     vaccine = table1("vaccine,harmful=/d/h.jsonl")
     assert vaccine.objective.name == "sft" and vaccine.model.path == align.workdir + "/export"
@@ -62,7 +63,7 @@ def test_every_variant_names_its_paper_row_and_trains_what_it_says():
     assert stand_in.is_file() and stand_in.is_relative_to(REPO / "dss" / "data" / "files")  # shipped with dss
     assert table2("safeinstr").safeinstr.enabled and table2("safeinstr").objective.name == "sft"
     lisa = table2("lisa,alignment=/d/a.jsonl")
-    assert lisa.objective.name == "lisa" and [s["path"] for s in lisa.lisa.sources] == ["/d/a.jsonl"]
+    assert lisa.objective.name == "sft" and lisa.lisa.enabled and [s["path"] for s in lisa.lisa.sources] == ["/d/a.jsonl"]
     with pytest.raises(ValueError, match="one method per run"):
         table2("sft,seal")
     with pytest.raises(ValueError, match="unknown variant"):

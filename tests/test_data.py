@@ -274,20 +274,20 @@ BAD_ROWS = {
 def test_bad_row_is_an_error_naming_file_and_row(tmp_path, kind):
     bad, problem = BAD_ROWS[kind]
     path = _jsonl(tmp_path / "data.jsonl", [{"prompt": "a", "response": "b"}] * 2 + [bad])
-    with pytest.raises(ValueError, match=f"^{path} row 2: {problem}$"):
+    with pytest.raises(ValueError, match=f"^{path} line 3: {problem}$"):
         dss.data.load_examples({"path": str(path)})
 
 
 def test_bad_csv_rows_and_chats_are_errors(tmp_path, aoa):
     path = tmp_path / "data.csv"
     path.write_text("prompt,response\na,b\nc,\n")
-    with pytest.raises(ValueError, match=f"^{path} row 1: empty response$"):
+    with pytest.raises(ValueError, match=f"^{path} line 3: empty response$"):
         dss.data.load_examples({"path": str(path)})
     user_last = {"m": aoa[0]["messages"][:2]}
     bad_content = {"m": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ["x"]}]}
     for bad, problem in [(user_last, "must end with an assistant turn"), (bad_content, r"m\[1\] content is list")]:
         chats = _jsonl(tmp_path / "chats.jsonl", [{"m": aoa[1]["messages"]}, bad])
-        with pytest.raises(ValueError, match=f"{chats} row 1: .*{problem}"):
+        with pytest.raises(ValueError, match=f"{chats} line 2: .*{problem}"):
             dss.data.load_examples({"path": str(chats), "messages_field": "m"})
 
 
@@ -302,11 +302,11 @@ def test_bad_rows_can_be_dropped_and_counted(tmp_path, llama_tok):
     assert stats["rows"] == 8 and stats["kept"] == 4 and stats["bad_rows"] == 4
     assert stats["bad_reasons"] == {"missing field 'response'": 1, "field 'response' is int, not a string": 1,
                                     "empty response": 2}
-    assert stats["bad"][0] == f"{path} row 1: missing field 'response'"
+    assert stats["bad"][0] == f"{path} line 2: missing field 'response'"
     # through build_dataset, with the data-level default
     _, examples, built = dss.data.build_dataset({"sources": [{"path": str(path)}], "on_bad_row": "drop"}, llama_tok)
     assert len(examples) == 4 and built["bad_rows"] == 4 and built["sources"][str(path)]["bad_rows"] == 4
-    assert f"{path} row 6: empty response" in built["dropped"]
+    assert f"{path} line 7: empty response" in built["dropped"]
 
 
 def test_long_prompts_are_dropped_and_long_responses_cut(tmp_path, llama_tok):
@@ -465,7 +465,7 @@ def test_batches_are_padded_to_buckets(encoded, llama_tok):
     assert fixed["input_ids"].shape == (8, 1000)
     with pytest.raises(ValueError, match="more than the fixed batch length 16"):
         dss.data.StepBatcher(encoded, None, 8, length=16)
-    with pytest.raises(ValueError, match="extras\\['w'\\]\\[0\\]"):
+    with pytest.raises(ValueError, match="per_example\\['w'\\]\\[0\\]"):
         dss.data.StepBatcher(encoded, {"w": [np.zeros(3)] * len(encoded)}, 8)
     # keep every example: the last batch is filled with empty rows
     padded = dss.data.StepBatcher(encoded, {"example_weight": weight}, 8, drop_last=False)

@@ -15,9 +15,11 @@ from flax import nnx
 from baseline_tools import (RECORD_GRADS, assert_trees_close, max_diff, random_batch, tiny_config, tiny_model,
                             use_shared_cache, write_alignment_set)
 from dss import objectives
+from dss import methods
 from dss import train as dss_train
 from dss.baselines import lisa
-from dss.checks import check_train_config
+from dss.step import make_train_step
+from dss.train_checks import check_train_config
 from multihost import REPO, Cluster
 
 
@@ -65,8 +67,10 @@ def test_proximal_gradient_equals_an_independent_computation():
     penalty = coef / 2 * sum(float(np.sum((np.asarray(w, np.float64) - np.asarray(a, np.float64)) ** 2))
                              for w, a in zip(jax.tree.leaves(params), jax.tree.leaves(anchor)))
     assert max_diff(params, anchor) * coef > 1e-2  # the proximal gradient is far above the tolerance below
-    step = dss_train.make_train_step(graphdef, RECORD_GRADS, ml_collections.ConfigDict({"name": "lisa"}), 2)
-    _, grads, metrics = step(params, RECORD_GRADS.init(params), batch, None, (anchor, jnp.float32(coef)))
+    config = tiny_config(**{"objective.name": "sft", "lisa.enabled": True})
+    step = make_train_step(graphdef, RECORD_GRADS, methods.build(config), 2)
+    _, grads, metrics = step(params, RECORD_GRADS.init(params), batch, {"frozen": None, "reference": None},
+                             {"lisa": (anchor, jnp.float32(coef))}, 0)
     assert_trees_close(grads, expected, atol=2e-6, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["proximal"]), penalty, rtol=1e-5)
     np.testing.assert_allclose(float(metrics["loss"]), float(expected_value), rtol=1e-5)
@@ -80,7 +84,7 @@ def test_bi_state_run_resumes_exactly(tmp_path):
     """5 steps: 2 alignment, 2 finetuning, 1 alignment. A copy of the run, resumed from its step-3
     checkpoint (in a finetuning state: the anchor and the alignment data position must come from
     the checkpoint), logs the same losses for steps 4 and 5."""
-    config = tiny_config(**{"objective.name": "lisa", "lisa.sources": [write_alignment_set(tmp_path / "align.jsonl")],
+    config = tiny_config(**{"objective.name": "sft", "lisa.enabled": True, "lisa.sources": [write_alignment_set(tmp_path / "align.jsonl")],
                             "lisa.alignment_steps": 2, "lisa.finetune_steps": 2, "train.epochs": 1,
                             "train.export": False, "train.checkpoint_every": 3})
     dss_train.train(config, tmp_path / "straight")
@@ -105,7 +109,7 @@ def test_bi_state_run_resumes_exactly(tmp_path):
 def test_two_hosts_alternate_and_resume_like_one(tmp_path):
     """2 processes (2 devices each), stopped after step 3 and resumed, log one 4-device process's losses."""
     source = write_alignment_set(tmp_path / "align.jsonl")
-    flags = ["--config.objective.name=lisa", f"--config.lisa.sources=({source!r},)", "--config.lisa.alignment_steps=2",
+    flags = ["--config.objective.name=sft", "--config.lisa.enabled=True", f"--config.lisa.sources=({source!r},)", "--config.lisa.alignment_steps=2",
              "--config.lisa.finetune_steps=2", "--config.train.epochs=1", "--config.train.export=False"]
     job = lambda workdir, *more: ["-m", "dss.train", "--config", str(REPO / "configs" / "tiny.py"),
                                   "--workdir", str(workdir), *flags, *more]
@@ -123,13 +127,13 @@ def test_two_hosts_alternate_and_resume_like_one(tmp_path):
 
 
 def test_a_lisa_run_without_alignment_data_is_refused_before_loading(tmp_path):
-    bad = tiny_config(**{"objective.name": "lisa", "model.path": str(tmp_path / "no_model")})
+    bad = tiny_config(**{"objective.name": "sft", "lisa.enabled": True, "model.path": str(tmp_path / "no_model")})
     with pytest.raises(ValueError) as err:
         dss_train.train(bad, tmp_path / "run")
-    assert str(err.value) == ("config.lisa.sources = (): objective 'lisa' alternates user finetuning with steps on "
+    assert str(err.value) == ("config.lisa.sources = (): Lisa alternates user finetuning with steps on "
                               "alignment data (harmful prompt -> refusal); give at least one source dict with a 'path'")
     assert not (tmp_path / "run").exists()
-    good = {"objective.name": "lisa", "lisa.sources": [write_alignment_set(tmp_path / "align.jsonl")]}
+    good = {"objective.name": "sft", "lisa.enabled": True, "lisa.sources": [write_alignment_set(tmp_path / "align.jsonl")]}
     check_train_config(tiny_config(**good))
     missing = str(tmp_path / "no_such.jsonl")
     bad_settings = [
@@ -137,7 +141,7 @@ def test_a_lisa_run_without_alignment_data_is_refused_before_loading(tmp_path):
         ("lisa.sources", ["a.jsonl"], "config.lisa.sources[0] = 'a.jsonl': must be a source dict with a 'path'"),
         ("lisa.alignment_steps", 0, "config.lisa.alignment_steps = 0: must be a positive integer"),
         ("lisa.rho", -0.5, "config.lisa.rho = -0.5: must be a number >= 0"),
-        ("lisa.proximal_after", 1.5, "config.lisa.proximal_after = 1.5: a share of the steps, between 0 and 1")]
+        ("lisa.proximal_after", 1.5, "config.lisa.proximal_after = 1.5: a share of the steps, in [0, 1]")]
     for key, value, message in bad_settings:
         with pytest.raises(ValueError) as err:
             check_train_config(tiny_config(**{**good, key: value}))

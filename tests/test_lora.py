@@ -17,7 +17,8 @@ from safetensors.numpy import load_file
 import dss.hub
 import dss.models
 from baseline_tools import RECORD_GRADS, random_batch, tiny_config, use_shared_cache
-from dss import checks, lora, sharding
+from dss import lora, methods, sharding, train_checks
+from dss.step import make_train_step
 from dss import train as dss_train
 from dss.models.checkpoint import SafetensorsDir
 from dss.models.transformer import LORA_TARGETS, Lora, lora_delta
@@ -131,7 +132,9 @@ def test_lora_step_is_the_full_step_through_the_chain_rule(objective, mesh_shape
     merged model's, its gradients s * dL/dW b^T and s * a^T dL/dW with dL/dW the full-finetuning
     step's at the merged weights (full KL: the reference is the base); the base is not touched."""
     mesh = sharding.make_mesh(*mesh_shape)
-    config = tiny_config(**{"objective.name": objective, "objective.kl_estimator": "full"})
+    vaccine = objective == "vaccine"  # the plugin on SFT (rho 2), the other case STAR-DSS with the full KL
+    config = tiny_config(**{"objective.name": "sft" if vaccine else objective, "objective.kl_estimator": "full",
+                            "vaccine.enabled": vaccine, "vaccine.rho": 2.0})
     model = dss.models.load_pretrained(dss.hub.resolve_path(config.model.path), mesh=mesh)
     cfg = lora_cfg()
     weights = randomised(lora.init(cfg, model, 0, mesh))
@@ -147,11 +150,14 @@ def test_lora_step_is_the_full_step_through_the_chain_rule(objective, mesh_shape
     merged = jax.tree.map(jnp.copy, nnx.state(lora.merged(model, cfg, weights)))  # donated: shares nothing with base
     a_b = jax.tree.map(np.asarray, weights)
     with jax.set_mesh(mesh):
-        lora_step = dss_train.make_train_step(graphdef, RECORD_GRADS, config.objective, 2, 2.0, cfg)
+        full_step = make_train_step(graphdef, RECORD_GRADS, methods.build(config), 2)
+        config.lora.update(enabled=True, **cfg)
+        lora_step = make_train_step(graphdef, RECORD_GRADS, methods.build(config), 2)
         copy = jax.tree.map(jnp.copy, weights)
-        _, grads, m_lora = lora_step(copy, RECORD_GRADS.init(copy), batch, base, None, base)
-        full_step = dss_train.make_train_step(graphdef, RECORD_GRADS, config.objective, 2, 2.0)
-        _, full_grads, m_full = full_step(merged, RECORD_GRADS.init(merged), batch, base)
+        reference = None if vaccine else base
+        _, grads, m_lora = lora_step(copy, RECORD_GRADS.init(copy), batch, {"frozen": base, "reference": reference}, {}, 0)
+        _, full_grads, m_full = full_step(merged, RECORD_GRADS.init(merged), batch, {"frozen": None, "reference": reference},
+                                          {}, 0)
     np.testing.assert_allclose(float(m_lora["loss"]), float(m_full["loss"]), rtol=1e-5)
     assert abs(float(m_lora["loss"]) - float(m_full["loss"])) < 1e-3 * float(m_full["loss"])
     s = cfg.alpha / cfg.rank
@@ -212,4 +218,4 @@ def test_bad_lora_settings_are_refused_before_any_model_loads(overrides, message
     monkeypatch.setattr(dss_train, "AutoTokenizer", None)  # nothing may be read before the checks
     with pytest.raises(ValueError, match=message):
         dss_train.train(tiny_config(**{"lora.enabled": True, **overrides}), tmp_path)
-    checks.check_train_config(tiny_config(**overrides))  # LoRA off: its settings are not read
+    train_checks.check_train_config(tiny_config(**overrides))  # LoRA off: its settings are not read

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 import dss.models
-from dss.checks import check_train_config
+from dss.train_checks import check_train_config
 from dss.models.transformer import REMAT_POLICIES
 from hf_tiny import VOCAB, make_hf_model
 from test_checks import config as good_config

@@ -19,7 +19,7 @@ import dss.hub
 import dss.models
 from dss import train as dss_train
 from dss.baselines import safeinstr
-from dss.checks import check_train_config
+from dss.train_checks import check_train_config
 from overrides import override
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import dss.models
 from dss import templating
 from dss import train as dss_train
 from dss.baselines import seal
-from dss.checks import check_train_config
+from dss.train_checks import check_train_config
 from overrides import override
 
 REPO = Path(__file__).resolve().parents[1]

@@ -52,7 +52,7 @@ def test_a_malformed_json_file_is_named_by_line(tmp_path):
     assert _message(dss.data.load_examples, {"path": str(scalar)}) == \
         f"{scalar}: expected a JSON list of objects, or one object a line"
     items = _file(tmp_path, "items.json", '[{"prompt": "a", "response": "b"}, [1]]')
-    assert _message(dss.data.load_examples, {"path": str(items)}) == f"{items} row 1: a list, not an object with fields"
+    assert _message(dss.data.load_examples, {"path": str(items)}) == f"{items} line 1: a list, not an object with fields"
 
 
 CSV = {

@@ -15,7 +15,7 @@ import torch
 import transformers
 from transformers.generation import logits_process as lp
 
-from dss import assets, cache, star
+from dss import assets, cache, star, star_kernels, star_plan, star_score
 from dss.segments import word_cuts
 from dss.data import BUNDLED_DIR
 
@@ -75,7 +75,7 @@ def _cuts_inside_tokens(guard: star.Guardrail, chunk_size: int) -> int:
         for cut in word_cuts(ex["response"], chunk_size)[:-1]:
             rendered = guard.adapter.render(ex["prompt"], ex["response"][:cut])
             cut_in_text = rendered.index(ex["response"][:cut]) + cut
-            common = star._common_length(guard.adapter.encode(ex["prompt"], ex["response"][:cut]), full)
+            common = star_plan.common_length(guard.adapter.encode(ex["prompt"], ex["response"][:cut]), full)
             count += len(guard.adapter.tokenizer.decode(full[:common])) < cut_in_text
     return count
 
@@ -103,9 +103,9 @@ def test_shared_kv_equals_naive_in_small_batches(which, request):
     naive = star.score(guard, EXAMPLES, method="naive")
     for s, n in zip(shared, naive):
         np.testing.assert_allclose(s.safe_prob, n.safe_prob, atol=1e-5, rtol=0)
-    plans = [star._shared_plan(guard.adapter.encode_many([(ex["prompt"], ex["response"][:c]) for c in word_cuts(ex["response"])]),
+    plans = [star_plan.shared_plan(guard.adapter.encode_many([(ex["prompt"], ex["response"][:c]) for c in word_cuts(ex["response"])]),
                                guard.adapter.encode(ex["prompt"], ex["response"]), i) for i, ex in enumerate(EXAMPLES)]
-    assert star._head_length(plans) > 20  # the template text before the prompt is shared
+    assert star_plan.head_length(plans) > 20  # the template text before the prompt is shared
 
 
 def test_test_data_has_cuts_inside_tokens(llama_guard):
@@ -172,7 +172,7 @@ def test_hf_sampling_scores_equal_hf_processors(llama_guard, case):
     processed = _hf_processors()(ids, torch.tensor(logits)[None])[0]
     pair = torch.stack([processed[safe], processed[unsafe]])
     ref = float("nan") if torch.isinf(pair).all() else torch.softmax(pair, 0)[0].item()
-    got = star._safe_prob(guard, logits, seen, "hf_sampling")
+    got = star_score._safe_prob(guard, logits, seen, "hf_sampling")
     assert (np.isnan(got) and np.isnan(ref)) or abs(got - ref) <= 1e-5
     if case != "neither":
         assert not np.isnan(got)
@@ -268,11 +268,11 @@ def _is_pow2(n: int) -> bool:
 
 # The bucketed dimensions of each device call, read off its arguments.
 _CALL_DIMS = {
-    "_head_cache": lambda graphdef, state, head: head.shape[1],
-    "_last_logits": lambda graphdef, state, tokens, lengths, **_: tokens.shape,  # (rows, length)
-    "_prefill": lambda graphdef, state, head, rest, last, **_: rest.shape,  # (rows, length after the head)
-    "_take": lambda cache, cache_rows, visible, width: (cache_rows.shape[0], visible, width),
-    "_suffix_logits": lambda graphdef, state, cache, tokens, reads, **_: (*tokens.shape, reads.shape[1]),
+    "head_cache": lambda graphdef, state, head: head.shape[1],
+    "last_logits": lambda graphdef, state, tokens, lengths, **_: tokens.shape,  # (rows, length)
+    "prefill": lambda graphdef, state, head, rest, last, **_: rest.shape,  # (rows, length after the head)
+    "take": lambda cache, cache_rows, visible, width: (cache_rows.shape[0], visible, width),
+    "suffix_logits": lambda graphdef, state, cache, tokens, reads, **_: (*tokens.shape, reads.shape[1]),
 }
 
 
@@ -294,19 +294,19 @@ def test_compiled_shapes_follow_the_buckets_not_the_data(llama_guard, monkeypatc
             return fn(*args, **kwargs)
         return call
 
-    for fn in star._PROGRAMS:
+    for fn in star_kernels.PROGRAMS:
         fn.clear_cache()  # so that every shape this test meets compiles here
-        monkeypatch.setattr(star, fn.__name__, recording(fn))
+        monkeypatch.setattr(star_kernels, fn.__name__, recording(fn))
     for method in ("naive", "shared_kv"):
         before = sum(map(len, keys.values()))
         _, report = star.score(guard, examples, method=method, token_budget=2048, report=True)
         assert report.programs == sum(map(len, keys.values())) - before > 0
         assert report.programs <= report.bound, report
-    head, = dims["_head_cache"]
-    bucketed = lambda n, step: n == star._bucket(n, step)
-    assert all(_is_pow2(rows) and bucketed(n, star.NAIVE_STEP) for rows, n in dims["_last_logits"])
-    assert all(_is_pow2(rows) and bucketed(n, star.PREFILL_STEP) for rows, n in dims["_prefill"])
-    assert all(_is_pow2(rows) and bucketed(width, star.SUFFIX_STEP) and _is_pow2(reads)
-               for rows, width, reads in dims["_suffix_logits"])
-    assert all(bucketed(visible, star.CACHE_STEP) or bucketed(visible - head, star.PREFILL_STEP)
-               for _, visible, _ in dims["_take"])
+    head, = dims["head_cache"]
+    bucketed = lambda n, step: n == star_plan.bucket(n, step)
+    assert all(_is_pow2(rows) and bucketed(n, star_plan.NAIVE_STEP) for rows, n in dims["last_logits"])
+    assert all(_is_pow2(rows) and bucketed(n, star_plan.PREFILL_STEP) for rows, n in dims["prefill"])
+    assert all(_is_pow2(rows) and bucketed(width, star_plan.SUFFIX_STEP) and _is_pow2(reads)
+               for rows, width, reads in dims["suffix_logits"])
+    assert all(bucketed(visible, star_plan.CACHE_STEP) or bucketed(visible - head, star_plan.PREFILL_STEP)
+               for _, visible, _ in dims["take"])

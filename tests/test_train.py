@@ -18,8 +18,12 @@ import transformers
 from flax import nnx
 
 import dss.hub
+import dss.export
 import dss.models
+from dss import methods
 from dss import train as dss_train
+from dss.health import TrainingFailed
+from dss.step import make_train_step, micro_batches
 from overrides import override
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,8 +133,9 @@ def test_accumulation_equals_one_batch(tmp_path):
     results = []
     for accum in (1, 4):
         graphdef, params = nnx.split(dss.models.load_pretrained(dss.hub.resolve_path(config.model.path)))
-        step = dss_train.make_train_step(graphdef, tx, config.objective, accum)
-        params, _, metrics = step(params, tx.init(params), jax.tree.map(jnp.asarray, batch), None)
+        step = make_train_step(graphdef, tx, methods.build(config), accum)
+        params, _, metrics = step(params, tx.init(params), jax.tree.map(jnp.asarray, batch),
+                                  {"frozen": None, "reference": None}, {}, 0)
         results.append((params, {k: float(v) for k, v in metrics.items()}))
     (p1, m1), (p4, m4) = results
     # float32 sums in another order: 1e-6 relative (measured 2.6e-7)
@@ -152,7 +157,7 @@ def test_non_finite_loss_stops_with_last_good_checkpoint(tmp_path):
     config = tiny_config(**{"train.lr": 1e30, "train.warmup_ratio": 0.0, "train.checkpoint_every": 1,
                             "objective.name": "sft", "train.clip": 1e30})
     handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss .* last good checkpoint is step \d"):
+    with pytest.raises(TrainingFailed, match=r"non-finite loss .* last good checkpoint is step \d"):
         dss_train.train(config, tmp_path)
     assert signal.getsignal(signal.SIGTERM) is handler  # the run gave its signal handlers back
     ckpts = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
@@ -187,7 +192,7 @@ def test_every_step_equals_its_logits_objective_without_whole_logits(objective, 
         r = nnx.merge(graphdef, ref_params)
         ref = (r.logits, r.hidden_states(tokens)[0]) if full else None
         logp, kl = objectives.hidden_token_terms(m.logits, m.hidden_states(tokens)[0], targets, ref)
-        return dss_train.objective_from_terms(obj, logp, kl, batch, None)[0]
+        return methods.build(config)[0].loss(logp, kl, batch, None)[0]
 
     def whole(p):
         logits, args = nnx.merge(graphdef, p)(tokens), (targets, batch["loss_mask"])
@@ -318,7 +323,7 @@ def test_checkpoint_and_export_dirs_anywhere(tmp_path, monkeypatch, remote):
     """checkpoint_dir / export_dir outside the workdir (etils paths, gs:// for users); the remote
     branch copies a locally written export file by file, config.json last."""
     if remote:  # a local path taken down the remote (gs://) branch
-        monkeypatch.setattr(dss_train, "_is_local", lambda path: False)
+        monkeypatch.setattr(dss.export, "_is_local", lambda path: False)
     config = tiny_config(**{"train.max_steps": 2, "objective.name": "sft", "train.checkpoint_dir": str(tmp_path / "ck"),
                             "train.export_dir": str(tmp_path / "models" / "ex")})
     dss_train.train(config, tmp_path / "run")
@@ -335,7 +340,7 @@ def test_micro_batches_span_every_data_shard():
 
     mesh = sharding.make_mesh(1, 4, 1)
     rows = jax.device_put(jnp.arange(16.0).reshape(16, 1), jax.sharding.NamedSharding(mesh, jax.P(("data", "fsdp"))))
-    micro = jax.jit(lambda x: dss_train.micro_batches(x, 2))(rows)
+    micro = jax.jit(lambda x: micro_batches(x, 2))(rows)
     assert micro[:, :, 0].tolist() == [[0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15]]
     for shard in micro.addressable_shards:  # each device keeps its own 4 rows, 2 in each micro-batch
         assert shard.data.shape == (2, 2, 1)

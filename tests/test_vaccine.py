@@ -16,9 +16,11 @@ import dss.models
 from baseline_tools import (RECORD_GRADS, assert_trees_close, max_diff, random_batch, tiny_config, tiny_model,
                             use_shared_cache, write_alignment_set)
 from dss import objectives
+from dss import methods
 from dss import train as dss_train
 from dss.baselines import vaccine
-from dss.checks import check_train_config
+from dss.step import make_train_step
+from dss.train_checks import check_train_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,8 +30,9 @@ def tiny_cache(tmp_path_factory):
 
 def step_grads(name, rho, batch, accum):
     graphdef, params = nnx.split(tiny_model())
-    step = dss_train.make_train_step(graphdef, RECORD_GRADS, ml_collections.ConfigDict({"name": name}), accum, rho)
-    _, grads, metrics = step(params, RECORD_GRADS.init(params), batch, None)
+    config = tiny_config(**{"objective.name": "sft", "vaccine.enabled": name == "vaccine", "vaccine.rho": rho})
+    step = make_train_step(graphdef, RECORD_GRADS, methods.build(config), accum)
+    _, grads, metrics = step(params, RECORD_GRADS.init(params), batch, {"frozen": None, "reference": None}, {}, 0)
     return grads, metrics
 
 
@@ -96,9 +99,9 @@ def test_perturbation_has_radius_rho_over_all_layers():
 
 
 def test_alignment_stage_then_user_finetuning_on_the_tiny_config(tmp_path):
-    """`dss.train` with objective vaccine aligns on the alignment data; a second run finetunes its export."""
+    """`dss.train` with Vaccine on aligns on the alignment data; a second run finetunes its export."""
     source = write_alignment_set(tmp_path / "alignment.jsonl")
-    final = dss_train.train(tiny_config(**{"objective.name": "vaccine", "data.sources": [source],
+    final = dss_train.train(tiny_config(**{"objective.name": "sft", "vaccine.enabled": True, "data.sources": [source],
                                            "train.max_steps": 2}), tmp_path / "align")
     assert np.isfinite(final["loss"]) and final["loss"] > final["loss_unperturbed"]
     export = tmp_path / "align" / "export"
@@ -113,11 +116,13 @@ def test_alignment_stage_then_user_finetuning_on_the_tiny_config(tmp_path):
 
 
 def test_a_vaccine_run_without_alignment_data_is_refused_before_loading(tmp_path):
-    bad = tiny_config(**{"objective.name": "vaccine", "data.sources": [], "model.path": str(tmp_path / "no_model")})
+    bad = tiny_config(**{"vaccine.enabled": True, "data.sources": [], "model.path": str(tmp_path / "no_model")})
     with pytest.raises(ValueError) as err:
         dss_train.train(bad, tmp_path / "run")
-    assert str(err.value) == ("config.data.sources = []: objective 'vaccine' is the alignment stage and trains on "
-                              "alignment data (harmful prompt -> refusal); give at least one source dict with a 'path'")
+    assert str(err.value) == "config.data.sources = []: no finetuning data; give at least one source dict with a 'path'"
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match=r"^config.vaccine.rho = -1.0: must be a number >= 0$"):
-        check_train_config(tiny_config(**{"objective.name": "vaccine", "vaccine.rho": -1.0}))
+        check_train_config(tiny_config(**{"vaccine.enabled": True, "vaccine.rho": -1.0}))
+    with pytest.raises(ValueError, match=r"^config.objective.name = 'vaccine': vaccine is a plugin now, composable with "
+                                         r"any objective; set config.vaccine.enabled=True"):
+        check_train_config(tiny_config(**{"objective.name": "vaccine"}))

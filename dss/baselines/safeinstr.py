@@ -13,6 +13,7 @@ the user's (chat template, system prompt, length limit).
 from __future__ import annotations
 
 import dss.data
+from dss.data.pipeline import like_user_data
 
 SOURCE_NAME = "safeinstr"
 BUNDLED = "safety_refusals/harmbench_refusals.jsonl"
@@ -25,13 +26,6 @@ def safety_source(s) -> dict:
             "response_field": s.response_field, "size": s.count or None}
 
 
-def safety_data_config(config) -> dict:
-    """A `dss.data.build_dataset` config drawing the safety rows, rendered like the user data."""
-    d = config.data
-    return {"sources": [safety_source(config.safeinstr)], "max_length": d.max_length, "train_on": d.train_on,
-            "system_prompt": d.system_prompt, "on_bad_row": d.on_bad_row, "seed": d.seed}
-
-
 def add_safety_data(config, tokenizer, template_vars, encoded: list, examples: list, stats: dict):
     """SafeInstr's stage of `dss.train`: the data (`encoded`, `examples`, `stats` as
     `dss.data.build_dataset` returns them) with the safety rows appended and counted as the source
@@ -42,8 +36,8 @@ def add_safety_data(config, tokenizer, template_vars, encoded: list, examples: l
     if SOURCE_NAME in stats["sources"]:
         raise ValueError(f"a data source is named {SOURCE_NAME!r}, the name SafeInstr reports its rows under; "
                          "rename it")
-    safe_encoded, safe_examples, safe_stats = dss.data.build_dataset(safety_data_config(config), tokenizer,
-                                                                     template_vars)
+    safe_encoded, safe_examples, safe_stats = dss.data.build_dataset(
+        like_user_data(config.data, [safety_source(s)]), tokenizer, template_vars)
     usable = safe_stats["rows"] - safe_stats["bad_rows"]
     if s.count > usable:
         raise ValueError(f"config.safeinstr.count = {s.count}: the safety set {safety_source(s)['path']} has only "

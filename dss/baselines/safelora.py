@@ -26,7 +26,6 @@ from dss.models.checkpoint import SafetensorsDir
 
 log = logging.getLogger("dss.safelora")
 
-SELECT = ("threshold", "number")  # the official `select_layers_type`
 DECIMALS = 5  # the official code rounds each cosine to 5 decimals before comparing it
 REPORT = "safelora.json"
 

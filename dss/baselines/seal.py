@@ -35,11 +35,12 @@ import dss.data
 import dss.hub
 import dss.models
 from dss import cache, distributed, objectives, sharding
+from dss.data.pipeline import like_user_data
+from dss.step import micro_batches, total_steps
 
 log = logging.getLogger(__name__)
 
 SCORES_FILE = "seal_scores.npz"
-ACTIVATIONS = ("softmax", "sigmoid")
 # Fixed as in the official code: Adam betas of both optimizers (weight decay 0), and DeepSpeed's
 # gradient clipping of the model (max_norm 1.0) and of the selector (its own config, 10.0).
 BETAS = (0.9, 0.95)
@@ -86,8 +87,7 @@ def make_selector_step(graphdef, model_tx, selector_tx, activation: str, accum: 
         loss = (lam * safe_ce.sum() + (1.0 - lam) * (weights * user_ce).sum()) / batch_size
         return loss, (safe_ce, user_ce)
 
-    def micro(x):  # rows k, k + accum, ... form micro-batch k, as in dss.train
-        return x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+    micro = functools.partial(micro_batches, accum=accum)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, logits, selector_state, safe, user, user_index, lam):
@@ -123,11 +123,6 @@ def optimizers(s):
     return model_tx, selector_tx
 
 
-def _global(array: np.ndarray, sharding_: NamedSharding) -> jax.Array:
-    """A global array from the host copy every host holds (each device takes its block)."""
-    return jax.make_array_from_callback(array.shape, sharding_, lambda index: array[index])
-
-
 def train_selector(config, safe: list, user: list, pad_id: int) -> np.ndarray:
     """The trained selector logits, one per user example (see the module docstring)."""
     s = config.seal
@@ -138,17 +133,16 @@ def train_selector(config, safe: list, user: list, pad_id: int) -> np.ndarray:
     del model
     replicated, rows = NamedSharding(mesh, PartitionSpec()), NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
     model_tx, selector_tx = optimizers(s)
-    on_mesh = lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated)
-    opt_state = jax.tree.map(on_mesh, model_tx.init(params))
-    logits = _global(initial_logits(len(user), s.activation), replicated)
-    selector_state = jax.tree.map(on_mesh, selector_tx.init(logits))
+    opt_state = sharding.replicate_rest(model_tx.init(params), mesh)
+    logits = sharding.place(initial_logits(len(user), s.activation), replicated)
+    selector_state = sharding.replicate_rest(selector_tx.init(logits), mesh)
     step_fn = make_selector_step(graphdef, model_tx, selector_tx, s.activation, s.global_batch // s.micro_batch)
 
     batchers = [dss.data.StepBatcher(data, None, s.global_batch, seed=config.seed + k, pad_id=pad_id,
                                      length=dss.data.bucket_length(max(len(e.targets) for e in data)))
                 for k, data in enumerate((user, safe))]  # user order from seed, safe order from seed + 1
     steps_per_epoch = min(b.steps_per_epoch for b in batchers)  # the official zip of both loaders
-    total = steps_per_epoch * s.epochs if s.max_steps < 0 else min(s.max_steps, steps_per_epoch * s.epochs)
+    total = total_steps(steps_per_epoch, s.epochs, s.max_steps)
     with jax.set_mesh(mesh), tqdm(total=total, desc="seal selector", unit="step") as bar:
         for n in range(total):
             epoch, within = divmod(n, steps_per_epoch)
@@ -156,9 +150,9 @@ def train_selector(config, safe: list, user: list, pad_id: int) -> np.ndarray:
             user_index = batchers[0].indices(epoch * batchers[0].steps_per_epoch + within)
             params, opt_state, logits, selector_state, metrics = step_fn(
                 params, opt_state, logits, selector_state,
-                {k: _global(v, rows) for k, v in safe_batch.items()},
-                {k: _global(v, rows) for k, v in user_batch.items()},
-                _global(user_index, rows), jnp.float32(upper_weights(s)[epoch]))
+                {k: sharding.place(v, rows) for k, v in safe_batch.items()},
+                {k: sharding.place(v, rows) for k, v in user_batch.items()},
+                sharding.place(user_index, rows), jnp.float32(upper_weights(s)[epoch]))
             bar.update(1)
             bar.set_postfix({k: f"{float(v):.4f}" for k, v in metrics.items()})
     return np.asarray(logits.addressable_data(0), np.float32)
@@ -177,18 +171,11 @@ def fingerprint(config, safe: list, user: list) -> str:
 
 def cached_scores(config, workdir: Path, safe: list, user: list, pad_id: int) -> np.ndarray:
     """Selector logits of the user examples from `<workdir>/seal_scores.npz`, or trained now."""
-    path, fp = Path(workdir) / SCORES_FILE, fingerprint(config, safe, user)
-    try:
-        arrays = cache.load(path, "seal_scores", fp)
-    except cache.StaleCacheError:
-        log.warning("%s is stale (policy, data or config.seal settings changed): retraining the selector", path)
-        arrays = None
-    if arrays is not None:
-        return arrays["logits"]
-    logits = train_selector(config, safe, user, pad_id)
-    if distributed.is_writer():
-        cache.save(path, "seal_scores", fp, {"logits": logits})
-    return logits
+    arrays = cache.load_or_compute(
+        Path(workdir) / SCORES_FILE, "seal_scores", fingerprint(config, safe, user),
+        lambda: {"logits": train_selector(config, safe, user, pad_id)}, "policy, data or config.seal settings",
+        write=distributed.is_writer())
+    return arrays["logits"]
 
 
 def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
@@ -197,21 +184,14 @@ def top_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
     return np.sort(np.argsort(-np.asarray(scores), kind="stable")[:k])
 
 
-def safe_data_config(config) -> dict:
-    """The upper-level data as a `dss.data.build_dataset` config: `config.seal.safe_sources`,
-    rendered like the user data (length, system prompt, trained turns), never attacked."""
-    d = config.data
-    return {"sources": list(config.seal.safe_sources), "max_length": d.max_length, "train_on": d.train_on,
-            "system_prompt": d.system_prompt, "on_bad_row": d.on_bad_row, "seed": d.seed}
-
-
 def select(config, workdir, tokenizer, template_vars, encoded: list, examples: list, stats: dict):
     """SEAL's stage of `dss.train`: the user data (`encoded`, `examples`, `stats` from
     `dss.data.build_dataset`) reduced to its top-ranked rows; unchanged unless config.seal.enabled."""
     s = config.seal
     if not s.enabled:
         return encoded, examples, stats
-    safe, _, safe_stats = dss.data.build_dataset(safe_data_config(config), tokenizer, template_vars)
+    safe, _, safe_stats = dss.data.build_dataset(like_user_data(config.data, config.seal.safe_sources), tokenizer,
+                                                 template_vars)
     for name, n in (("safe", len(safe)), ("user", len(encoded))):
         if n < s.global_batch:
             raise ValueError(f"config.seal.global_batch = {s.global_batch}: more than the {n} {name} examples "

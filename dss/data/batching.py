@@ -3,7 +3,7 @@
 Epoch e visits the examples in the permutation drawn from (seed, e) alone, so any position can be
 recomputed from (epoch, step) and a resumed run sees exactly the batches it would have seen.
 Rows are right-padded to a multiple of 64 tokens (or one fixed length) so that few shapes
-compile. Per-example arrays computed once per dataset (STAR weights, reference log-probs, RS
+compile. Per-example inputs computed once per dataset (STAR weights, reference log-probs, RS
 weights) ride along, gathered into the batch layout by the example indices of each step.
 """
 
@@ -34,9 +34,9 @@ class StepBatcher:
 
     Each batch holds `input_ids` (model inputs: Encoded.input_ids[:-1]) and `targets` (int32
     [B, T], both right-padded with `pad_id`), `loss_mask` (bool [B, T], False after each example)
-    and every entry of `extras`: name -> one value per example, either a scalar (-> [B]) or an
-    array with one entry per target (-> [B, T], 0 after it). `indices(step)` gives the examples
-    of a batch.
+    and every per-example input (`per_example`: name -> one value per example, a scalar (-> [B])
+    or an array with one entry per target (-> [B, T], 0 after it)). `indices(step)` gives the
+    examples of a batch.
 
     drop_last (default): an epoch has len // batch_size steps and skips the left-over examples (a
     different few each epoch, as every epoch is reshuffled); otherwise the last batch is filled up
@@ -44,12 +44,12 @@ class StepBatcher:
     example rounded up to `multiple`.
     """
 
-    def __init__(self, encoded: Sequence[Encoded], extras: Mapping[str, Sequence] | None, batch_size: int,
+    def __init__(self, encoded: Sequence[Encoded], per_example: Mapping[str, Sequence] | None, batch_size: int,
                  seed: int = 0, pad_id: int = 0, multiple: int = 64, length: int | None = None,
                  drop_last: bool = True):
         self.encoded, self.batch_size, self.seed = encoded, batch_size, seed
         self.pad_id, self.multiple, self.length = pad_id, multiple, length
-        self.extras = dict(extras or {})
+        self.per_example = dict(per_example or {})
         n = len(encoded)
         self.steps_per_epoch = n // max(batch_size, 1) if drop_last else -(-n // max(batch_size, 1))
         if batch_size < 1 or self.steps_per_epoch < 1:
@@ -57,12 +57,12 @@ class StepBatcher:
         longest = max(len(e.targets) for e in encoded)
         if length is not None and longest > length:
             raise ValueError(f"an example has {longest} targets, more than the fixed batch length {length}")
-        for name, values in self.extras.items():
+        for name, values in self.per_example.items():
             if len(values) != n:
-                raise ValueError(f"extras[{name!r}] has {len(values)} entries for {n} examples")
+                raise ValueError(f"per_example[{name!r}] has {len(values)} entries for {n} examples")
             for i, v in enumerate(values):
                 if np.ndim(v) and len(v) != len(encoded[i].targets):
-                    raise ValueError(f"extras[{name!r}][{i}] has {len(v)} entries for "
+                    raise ValueError(f"per_example[{name!r}][{i}] has {len(v)} entries for "
                                      f"{len(encoded[i].targets)} targets")
         self._inputs = [e.input_ids[:-1] for e in encoded]
         self._targets = [e.targets for e in encoded]
@@ -97,7 +97,7 @@ class StepBatcher:
             "targets": scatter_per_token(self._targets, index, length, self.pad_id),
             "loss_mask": scatter_per_token(self._masks, index, length, False),
         }
-        for name, values in self.extras.items():
+        for name, values in self.per_example.items():
             if np.ndim(values[0]):
                 batch[name] = scatter_per_token(values, index, length)
             else:

@@ -66,3 +66,11 @@ def build_dataset(config: Mapping, tokenizer: PreTrainedTokenizerBase,
     totals = {key: sum(e[key] for e in per_source.values())
               for key in ("rows", "bad_rows", "selected", "attacked", "dropped_too_long", "truncated", "encoded")}
     return encoded, examples, {"sources": per_source, **totals, "dropped": dropped}
+
+
+def like_user_data(data_config: Mapping, sources) -> dict:
+    """A `build_dataset` config for other data a method trains on (alignment or safety data):
+    `sources`, rendered as the user data is (its length, trained turns, system prompt, bad-row
+    policy and seed) and never attacked."""
+    return {"sources": list(sources), **{k: data_config[k] for k in ("max_length", "train_on", "system_prompt",
+                                                                      "on_bad_row", "seed")}}

@@ -8,8 +8,15 @@ the config's `objective.name` unless `eval.method` is set.
 
 from __future__ import annotations
 
-from dss import cli, distributed, templating
-from dss.eval.policy import resolve_model
+if __name__ == "__main__":  # refuse bad input in seconds, before the imports below load JAX
+    from dss import cli
+    from dss.eval.config import check_job
+
+    cli.launch("dss.eval.__main__", check=check_job)
+
+from dss import distributed, templating
+from dss import workdir as workdirs
+from dss.eval.config import job_eval_config, output_dir
 from dss.eval.runner import evaluate
 
 
@@ -26,25 +33,14 @@ def _summary(results: dict) -> str:
 
 def main(config, workdir) -> None:
     """`--workdir` (default: config.workdir) is the training run to evaluate unless `eval.model`
-    names a model; prompts render with the evaluated run's fixed template variables."""
-    if "eval" not in config:
-        raise ValueError("--config must name a config file whose get_config() has an `eval` section")
+    names a model; prompts render with the evaluated run's fixed template variables. The output
+    directory is locked while the evaluation writes it (dss.workdir)."""
+    eval_config = job_eval_config(config, workdir)
     distributed.initialize(config)
-    eval_config = config.eval.to_dict()
-    if not eval_config.get("model"):
-        if not resolve_model(workdir)[1]:
-            raise ValueError(f"{workdir}: no export/ of a training run to evaluate; run dss.train with this "
-                             "--workdir first, or name a model with --config.eval.model")
-        eval_config["model"] = workdir
-    finetuned = resolve_model(eval_config["model"])[1]
-    if not eval_config.get("method") and "objective" in config and finetuned:
-        eval_config["method"] = config.objective.name  # a training run's row is named after its objective
+    finetuned = workdirs.resolve_model(eval_config["model"])[1]
     run_dir = eval_config["model"] if finetuned else workdir
-    template_vars = templating.run_template_vars(config.get("template") or {}, run_dir)
-    results = evaluate(eval_config, template_vars)
+    with workdirs.lock(output_dir(eval_config), "dss.eval"):
+        template_vars = templating.run_template_vars(config.get("template") or {}, run_dir)
+        results = evaluate(eval_config, template_vars)
     if distributed.is_writer():
         print(_summary(results))
-
-
-if __name__ == "__main__":
-    cli.run(main)

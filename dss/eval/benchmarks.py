@@ -23,6 +23,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from dss.errors import UserError
 from dss.files import read_csv
 from dss.eval.io import column, is_local, read_rows
 
@@ -51,13 +52,13 @@ class Record:
 
 def _finish(records: list[Record], source, limit: int, trigger: str) -> list[Record]:
     if not records:
-        raise ValueError(f"{source}: no prompts")
+        raise UserError(f"{source}: no prompts")
     seen = set()
     for r in records:
         if not isinstance(r.prompt, str) or not r.prompt.strip():
-            raise ValueError(f"{source}: record {r.id!r} has an empty prompt")
+            raise UserError(f"{source}: record {r.id!r} has an empty prompt")
         if r.id in seen:
-            raise ValueError(f"{source}: duplicate id {r.id!r}")
+            raise UserError(f"{source}: duplicate id {r.id!r}")
         seen.add(r.id)
     if limit:
         records = records[:limit]
@@ -118,7 +119,7 @@ def harmbench(path: str = "walledai/HarmBench", limit: int = 0, trigger: str = "
     wanted = [f.strip() for f in functional.split(",") if f.strip()]
     hub = not is_local(path)
     if hub and len(wanted) != 1:
-        raise ValueError(f"harmbench: a hub source takes one functional category, got {functional!r}")
+        raise UserError(f"harmbench: a hub source takes one functional category, got {functional!r}")
     records = []
     for i, row in enumerate(read_rows(path, config=wanted[0] if hub else None, split="train")):
         kind = row.get("FunctionalCategory")
@@ -137,7 +138,7 @@ def xstest(path: str = "walledai/XSTest", limit: int = 0, trigger: str = "", lab
     """XSTest prompts with `label` safe (should be answered), unsafe (contrast set) or all;
     category = the prompt type (e.g. homonyms, contrast_homonyms)."""
     if label not in ("safe", "unsafe", "all"):
-        raise ValueError(f"xstest: label must be safe, unsafe or all, got {label!r}")
+        raise UserError(f"xstest: label must be safe, unsafe or all, got {label!r}")
     records = []
     for i, row in enumerate(read_rows(path, split="test")):
         if label != "all" and column(row, ("label",), path, i) != label:
@@ -153,5 +154,5 @@ LOADERS = {"advbench": advbench, "hexphi": hexphi, "harmbench": harmbench, "xste
 def load(kind: str, **options) -> list[Record]:
     """`LOADERS[kind](**options)`, with an error naming the known kinds."""
     if kind not in LOADERS:
-        raise ValueError(f"unknown safety benchmark {kind!r}; one of {sorted(LOADERS)}")
+        raise UserError(f"unknown safety benchmark {kind!r}; one of {sorted(LOADERS)}")
     return LOADERS[kind](**options)

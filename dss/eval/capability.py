@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Sequence
 
+from dss.errors import UserError
 from dss.eval.io import LOCAL_SUFFIXES, column, is_local, read_rows
 
 __all__ = [
@@ -30,7 +31,7 @@ LETTERS = "ABCDEFGHIJ"
 
 def _limit(items: list[dict], limit: int, source) -> list[dict]:
     if not items:
-        raise ValueError(f"{source}: no questions")
+        raise UserError(f"{source}: no questions")
     return items[:limit] if limit else items
 
 
@@ -46,16 +47,16 @@ def _mc_item(row: dict, i: int, source, subject=None) -> dict:
         choices = [row[x] for x in LETTERS if row.get(x) not in (None, "")]
     choices = [str(c) for c in choices]
     if not 2 <= len(choices) <= len(LETTERS):
-        raise ValueError(f"{source}: row {i} has {len(choices)} choices")
+        raise UserError(f"{source}: row {i} has {len(choices)} choices")
     answer = column(row, ("answer", "answerKey", "label"), source, i)
     keys = labels or list(LETTERS[: len(choices)])
     if labels or not str(answer).strip().isdigit():  # a label or letter, else an index
         if str(answer).strip() not in keys:
-            raise ValueError(f"{source}: row {i} has answer {answer!r}, not one of {keys}")
+            raise UserError(f"{source}: row {i} has answer {answer!r}, not one of {keys}")
         answer = keys.index(str(answer).strip())
     answer = int(answer)
     if not 0 <= answer < len(choices):
-        raise ValueError(f"{source}: row {i} has answer index {answer} for {len(choices)} choices")
+        raise UserError(f"{source}: row {i} has answer index {answer} for {len(choices)} choices")
     return {"id": str(row.get("id") or i), "question": str(column(row, ("question",), source, i)),
             "choices": choices, "answer": answer, "subject": row.get("subject") or subject}
 
@@ -132,7 +133,7 @@ def run_multiple_choice(policy, items: Sequence[dict], mode: str = "generate", p
             logprobs = [next(scores) for _ in it["choices"]]
             row.update(logprobs=logprobs, prediction=LETTERS[max(range(len(logprobs)), key=logprobs.__getitem__)])
     else:
-        raise ValueError(f"multiple choice mode must be 'generate' or 'loglik', got {mode!r}")
+        raise UserError(f"multiple choice mode must be 'generate' or 'loglik', got {mode!r}")
     for row in rows:
         row["correct"] = row["prediction"] == row["answer"]
     return rows
@@ -163,10 +164,10 @@ def load_gsm8k(path: str = "openai/gsm8k", split: str = "test", limit: int = 0) 
     for i, row in enumerate(rows):
         solution = str(column(row, ("answer",), path, i))
         if "####" not in solution:
-            raise ValueError(f"{path} ({split}): row {i} has no '####' in its answer")
+            raise UserError(f"{path} ({split}): row {i} has no '####' in its answer")
         answer = extract_number(solution.rsplit("####", 1)[1])
         if answer is None:
-            raise ValueError(f"{path} ({split}): row {i} has no number after '####'")
+            raise UserError(f"{path} ({split}): row {i} has no number after '####'")
         items.append({"id": str(i), "question": str(column(row, ("question",), path, i)), "solution": solution,
                       "answer": answer})
     return _limit(items, limit, path)

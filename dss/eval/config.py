@@ -9,9 +9,14 @@ they inherit that kind's defaults.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ml_collections import ConfigDict
 
-__all__ = ["CAPABILITY_KINDS", "SAFETY_KINDS", "eval_defaults", "judges", "resolve", "suite"]
+from dss.errors import UserError
+
+__all__ = ["CAPABILITY_KINDS", "SAFETY_KINDS", "check_job", "default_names", "eval_defaults", "job_eval_config", "judges",
+           "output_dir", "resolve", "suite"]
 
 SAFETY_KINDS = ("advbench", "hexphi", "harmbench", "xstest")
 CAPABILITY_KINDS = ("mmlu", "arc_c", "gsm8k")
@@ -88,7 +93,7 @@ def _merge(base: ConfigDict, user, where: str) -> None:
                 raise KeyError(f"config {where}: unknown field {key!r}; known: {sorted(base)}")
             kind = value.get("kind") if hasattr(value, "get") else None
             if kind not in SAFETY_KINDS + CAPABILITY_KINDS:
-                raise ValueError(f"config {where}.{key}: needs kind = one of {SAFETY_KINDS + CAPABILITY_KINDS}, "
+                raise UserError(f"config {where}.{key}: needs kind = one of {SAFETY_KINDS + CAPABILITY_KINDS}, "
                                  f"got {kind!r}")
             base[key] = eval_defaults().benchmarks[kind]
         if isinstance(base[key], ConfigDict):
@@ -108,17 +113,70 @@ def resolve(user: ConfigDict | dict) -> ConfigDict:
     cfg = eval_defaults()
     _merge(cfg, user, "eval")
     if not cfg.model:
-        raise ValueError("config eval.model: set the model to evaluate (HF dir, hub id or training workdir)")
+        raise UserError("config eval.model: set the model to evaluate (HF dir, hub id or training workdir)")
     for name in suite(cfg):
         if name not in cfg.benchmarks:
             raise KeyError(f"config eval.suite: {name!r} is not in eval.benchmarks ({sorted(cfg.benchmarks)})")
         if cfg.benchmarks[name].kind not in SAFETY_KINDS + CAPABILITY_KINDS:
-            raise ValueError(f"config eval.benchmarks.{name}.kind: {cfg.benchmarks[name].kind!r} is not one of "
+            raise UserError(f"config eval.benchmarks.{name}.kind: {cfg.benchmarks[name].kind!r} is not one of "
                              f"{SAFETY_KINDS + CAPABILITY_KINDS}")
     unknown = set(judges(cfg)) - {"keyword", "guardrail", "llm"}
     if unknown:
-        raise ValueError(f"config eval.judges: unknown judge(s) {sorted(unknown)}; use keyword, guardrail, llm")
+        raise UserError(f"config eval.judges: unknown judge(s) {sorted(unknown)}; use keyword, guardrail, llm")
     return cfg
+
+
+def default_names(model: str, finetuned: bool) -> tuple[str, Path]:
+    """(default method name, default output directory) for a model path / hub id / workdir."""
+    name = Path(str(model).rstrip("/")).name
+    return name, Path(model) / "eval" if finetuned else Path("eval") / name
+
+
+def output_dir(eval_config) -> Path:
+    """Where the evaluation an `eval` section describes writes: `outdir`, else `<workdir>/eval` for
+    a training workdir, else `eval/<model directory name>`."""
+    from dss.workdir import resolve_model
+
+    model = eval_config["model"]
+    return Path(eval_config.get("outdir") or default_names(model, resolve_model(model)[1])[1])
+
+
+def job_eval_config(config, workdir) -> dict:
+    """The `eval` section `python -m dss.eval` evaluates: `eval.model` empty means the `workdir`
+    run's export (refused if it has none), and a training run's row is named after its objective."""
+    from dss.workdir import resolve_model
+
+    if "eval" not in config:
+        raise UserError("--config must name a config file whose get_config() has an `eval` section")
+    eval_config = config.eval.to_dict()
+    if not eval_config.get("model"):
+        if not resolve_model(str(workdir))[1]:
+            raise UserError(f"{workdir}: no export/ of a training run to evaluate; run dss.train with this "
+                            "--workdir first, or name a model with --config.eval.model")
+        eval_config["model"] = str(workdir)
+    if not eval_config.get("method") and "objective" in config and resolve_model(eval_config["model"])[1]:
+        eval_config["method"] = config.objective.name
+    return eval_config
+
+
+def check_job(config, workdir) -> None:
+    """The light check of `python -m dss.eval` (no JAX): the section resolves, the model to
+    evaluate exists, the suite's local benchmark files are there, and no other job holds the
+    output directory."""
+    from dss.data.sources import local_file
+    from dss.workdir import check_free
+
+    try:
+        cfg = resolve(job_eval_config(config, workdir))
+    except (KeyError, TypeError) as err:
+        raise UserError(err.args[0]) from err
+    check_free(output_dir(cfg), config)
+    if local_file(cfg.model) and not Path(cfg.model).expanduser().exists():
+        raise UserError(f"config.eval.model = {cfg.model!r}: no such model directory")
+    for name in suite(cfg):
+        path = cfg.benchmarks[name].path
+        if local_file(path) and not Path(path).expanduser().exists():
+            raise UserError(f"config.eval.benchmarks.{name}.path = {path!r}: no such file or directory")
 
 
 def suite(cfg: ConfigDict) -> list[str]:

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from dss import star
+from dss.errors import UserError
 
 __all__ = ["GuardrailJudge"]
 
@@ -37,9 +38,16 @@ class GuardrailJudge:
         paths = [p.strip() for p in paths.split(",")] if isinstance(paths, str) else list(paths)
         paths = [p for p in paths if p]
         if not paths:
-            raise ValueError("guardrail judge: no guardrail path given (config eval.guardrail.path)")
+            raise UserError("guardrail judge: no guardrail path given (config eval.guardrail.path)")
         return cls([star.Guardrail.from_pretrained(p, kind=kind, dtype=dtype, template_vars=template_vars)
                     for p in paths], **kwargs)
+
+    @classmethod
+    def from_section(cls, g, template_vars: dict | None = None, **kwargs):
+        """The judge a config section describes (`eval.guardrail`, `landscape.guardrail`: path,
+        kind, dtype, threshold)."""
+        return cls.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold,
+                                   template_vars=template_vars, **kwargs)
 
     def __call__(self, examples: Sequence[dict]) -> list[dict]:
         pairs = [{"prompt": ex["prompt"], "response": ex["response"]} for ex in examples]

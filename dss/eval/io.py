@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dss.atomic import atomic_file
+from dss.errors import UserError
 from dss.files import read_csv, read_json
 
 LOCAL_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet")
@@ -41,20 +42,20 @@ def read_rows(source: str | os.PathLike, config: str | None = None, split: str |
         if suffix == ".json":
             rows = read_json(path)
             if not isinstance(rows, list):
-                raise ValueError(f"{path}: expected a JSON list of objects")
+                raise UserError(f"{path}: expected a JSON list of objects")
             return rows
         if suffix == ".parquet":
             import pandas as pd
 
             return pd.read_parquet(path).to_dict("records")
-        raise ValueError(f"{path}: unsupported file type {suffix!r} (one of {LOCAL_SUFFIXES})")
+        raise UserError(f"{path}: unsupported file type {suffix!r} (one of {LOCAL_SUFFIXES})")
     import datasets
 
     loaded = datasets.load_dataset(str(source), config)
     if split not in loaded and len(loaded) == 1:  # single-split uploads name their split freely
         split = next(iter(loaded))
     if split not in loaded:
-        raise ValueError(f"hub dataset {source!r} ({config or 'default'}): no split {split!r}; has {sorted(loaded)}")
+        raise UserError(f"hub dataset {source!r} ({config or 'default'}): no split {split!r}; has {sorted(loaded)}")
     return list(loaded[split])
 
 
@@ -65,7 +66,7 @@ def column(row: dict, names: Iterable[str], source: Any, index: int, required: b
         if name in row and row[name] is not None:
             return row[name]
     if required:
-        raise ValueError(f"{source}: row {index} has none of the columns {names}; it has {sorted(row)}")
+        raise UserError(f"{source}: row {index} has none of the columns {names}; it has {sorted(row)}")
     return None
 
 
@@ -108,3 +109,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_done(path: str | os.PathLike, key, reader: bool) -> dict:
+    """What a resumed job finished: the rows of the JSON-lines file at `path` by `key(row)`, read
+    by the `reader` host (process 0) and sent to every host, so all resume from one record."""
+    from dss import distributed  # joins the hosts: imported by the jobs that run, not by checks
+
+    done = {key(row): row for row in read_jsonl(path)} if reader and Path(path).exists() else {}
+    return distributed.broadcast_object(done)

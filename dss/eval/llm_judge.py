@@ -24,6 +24,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from dss.errors import UserError
 from dss.eval.io import append_jsonl, read_jsonl
 
 __all__ = ["JUDGE_SYSTEM_PROMPT", "JudgeError", "LLMJudge", "VerdictCache", "parse_verdict"]
@@ -119,7 +120,7 @@ class LLMJudge:
         if api_key_env:
             self.api_key = os.environ.get(api_key_env)
             if not self.api_key:
-                raise ValueError(f"LLM judge: environment variable {api_key_env!r} (the API key) is not set; "
+                raise UserError(f"LLM judge: environment variable {api_key_env!r} (the API key) is not set; "
                                  "set it, or set api_key_env='' for a server without keys")
         self.cache = VerdictCache(cache) if cache else None
         self.concurrency, self.max_retries = max(1, int(concurrency)), int(max_retries)

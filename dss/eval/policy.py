@@ -20,18 +20,11 @@ import dss.hub
 import dss.models
 from dss import sharding
 from dss.buckets import bucket_length, next_pow2
+from dss.errors import UserError
 from dss.generate import chat_prompt_tokens, generate
+from dss.workdir import resolve_model  # noqa: F401  (its old home; dss.workdir needs no JAX)
 
 __all__ = ["Policy", "resolve_model"]
-
-
-def resolve_model(path: str) -> tuple[str, bool]:
-    """(HF model to load, whether it came from a training workdir): a workdir (a directory with
-    `export/config.json` and no config.json of its own) means its `export/` directory."""
-    local = Path(path).expanduser()
-    if local.is_dir() and not (local / "config.json").exists() and (local / "export" / "config.json").exists():
-        return str(local / "export"), True
-    return str(path), False
 
 
 @nnx.jit(static_argnames=("width",))
@@ -101,7 +94,7 @@ class Policy:
         for token in self.stop_tokens:
             token_id = tok.convert_tokens_to_ids(token)
             if token_id is None or token_id == tok.unk_token_id:
-                raise ValueError(f"stop token {token!r} is not a single token of {self.tokenizer_path}")
+                raise UserError(f"stop token {token!r} is not a single token of {self.tokenizer_path}")
             ids.append(token_id)
         return sorted(set(ids))
 

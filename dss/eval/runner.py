@@ -22,11 +22,13 @@ from ml_collections import ConfigDict
 from tqdm.auto import tqdm
 
 from dss import distributed, templating
+from dss.errors import UserError
 from dss.eval import benchmarks, capability
-from dss.eval.config import SAFETY_KINDS, judges, resolve, suite
-from dss.eval.io import append_jsonl, read_jsonl, write_json, write_jsonl
+from dss.eval.config import SAFETY_KINDS, default_names, judges, output_dir, resolve, suite
+from dss.eval.io import append_jsonl, read_done, read_jsonl, write_json, write_jsonl
 from dss.eval.metrics import summarize
-from dss.eval.policy import Policy, resolve_model
+from dss.eval.policy import Policy
+from dss.workdir import resolve_model
 
 __all__ = ["evaluate"]
 
@@ -42,8 +44,7 @@ def _produce(path: Path, items: list[dict], make_rows: Callable, batch_size: int
     if path.exists():
         return read_jsonl(path, repair=False)
     partial = path.with_name(path.stem + ".partial.jsonl")
-    done = {row["id"]: row for row in read_jsonl(partial)} if distributed.is_writer() and partial.exists() else {}
-    done = distributed.broadcast_object(done)  # process 0's record of what is done
+    done = read_done(partial, lambda row: row["id"], distributed.is_writer())
     pending = sorted((it for it in items if it["id"] not in done),  # similar lengths batch together
                      key=lambda it: len(it.get("prompt") or it["question"]))
     batches = [pending[first : first + batch_size] for first in range(0, len(pending), batch_size)]
@@ -137,9 +138,7 @@ def _make_judge(name: str, cfg, outdir: Path, template_vars: dict):
     if name == "guardrail":
         from dss.eval.guardrail_judge import GuardrailJudge
 
-        g = cfg.guardrail
-        return GuardrailJudge.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold,
-                                              token_budget=g.token_budget, template_vars=template_vars)
+        return GuardrailJudge.from_section(cfg.guardrail, template_vars, token_budget=cfg.guardrail.token_budget)
     from dss.eval.llm_judge import LLMJudge
 
     j = cfg.llm_judge
@@ -149,15 +148,9 @@ def _make_judge(name: str, cfg, outdir: Path, template_vars: dict):
 
 def _check(stored: dict, settings: dict, what: str, results_file: Path) -> None:
     if stored.get("settings") != settings:
-        raise ValueError(
+        raise UserError(
             f"{results_file}: {what} was made with settings {stored.get('settings')}, now {settings}; "
             "use a new eval.outdir (or delete that part of the results) to redo it")
-
-
-def _names(model: str, finetuned: bool) -> tuple[str, Path]:
-    """(default method name, default output directory) for a model path / hub id / workdir."""
-    name = Path(str(model).rstrip("/")).name
-    return name, Path(model) / "eval" if finetuned else Path("eval") / name
 
 
 def evaluate(eval_config: ConfigDict | dict, template_vars: dict | None = None) -> dict:
@@ -170,15 +163,15 @@ def evaluate(eval_config: ConfigDict | dict, template_vars: dict | None = None) 
     model_path, finetuned = resolve_model(cfg.model)
     if template_vars is None:
         template_vars = (templating.recorded(cfg.model) if finetuned else None) or {}
-    method, default_outdir = _names(cfg.model, finetuned)
-    outdir = Path(cfg.outdir or default_outdir)
+    method = default_names(cfg.model, finetuned)[0]
+    outdir = output_dir(cfg)
     results_file, gen_dir = outdir / "results.json", outdir / "generations"
     write = distributed.is_writer()  # every host computes; process 0 writes
     if write:
         gen_dir.mkdir(parents=True, exist_ok=True)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     if results and results.get("model") != model_path:
-        raise ValueError(f"{results_file}: holds results of model {results.get('model')!r}, not {model_path!r}")
+        raise UserError(f"{results_file}: holds results of model {results.get('model')!r}, not {model_path!r}")
     results = {"method": cfg.method or method, "model": model_path, "finetuned": finetuned,
                "benchmarks": results.get("benchmarks", {})}
     policy = Policy(model_path, cfg.tokenizer, cfg.system_prompt, cfg.dtype, cfg.mesh, cfg.temperature, cfg.top_k,

@@ -5,19 +5,18 @@ weight's Frobenius norm ("layer" normalisation, Peng et al.'s choice); RMSNorm g
 embeddings, head and biases are perturbed (tied weights exist once, so they are perturbed once).
 The blocks' weights are stacked ("layers/attn/q" is [layers, ...]): each layer's slice is one
 weight here, drawn from a generator seeded by (seed, "layers/<i>/attn/q") and normalised on its
-own, so its values depend neither on the other tensors, nor on the mesh, nor on the stacking. Directions are saved as safetensors keyed by parameter name (`<workdir>/directions/
+own, so its values depend neither on the other tensors, nor on the mesh, nor on the stacking.
+Directions are saved as safetensors keyed by parameter name (`<workdir>/directions/
 random-seed<k>.safetensors`) and reused when present, so a landscape can be recomputed, refined
 or extended to 2D with the same first direction, or evaluated on another model by pointing
 `direction_dir` at the first model's directions. `interpolation_direction`: target - theta over
 every tensor (norm gains included), so a = 1 is the target checkpoint (base -> aligned, aligned ->
 finetuned); these are recomputed from the checkpoints rather than saved.
 
-Grid. Each point's weights are computed on device from the centre weights as theta + a*d1 + b*d2 in
-float32 (never by accumulating steps in place, which drifts) with the model's own shardings; the
-centre point is bitwise the original model. The prompts of a point run as one batch: decoding is
-bound by reading the weights, so batching several points (several weight sets) would not share
-that cost the way batching prompts does. Finished points are appended to `points.jsonl`, one line
-each, and a rerun skips them.
+Perturbed models (`Perturbation`). Each point's weights are computed on device from the centre
+weights as theta + a*d1 + b*d2 in float32 (never by accumulating steps in place, which drifts)
+with the model's own shardings; the centre point is bitwise the original model. Which points are
+evaluated, batched and resumed is `dss.landscape.job`'s business.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from dss.atomic import atomic_file
+from dss.sharding import place, to_host
 from dss.models.transformer import RMSNorm
 
 
@@ -92,11 +92,6 @@ def _shardings(tensors: dict[str, jax.Array]) -> dict:
     return {k: v.sharding for k, v in tensors.items()}
 
 
-def _place(value: np.ndarray, like: jax.Array) -> jax.Array:
-    """A host array laid out like `like`, each device receiving only its shard."""
-    return jax.make_array_from_callback(value.shape, like.sharding, lambda index: value[index])
-
-
 @jax.jit
 def _norms(tensors):
     """Frobenius norm of each weight: [layers] for stacked tensors (one per layer), else a scalar."""
@@ -129,7 +124,7 @@ def random_direction(model, seed: int, dtype="float32") -> Direction:
                           for i in range(w.shape[0])]).astype(dtype)
         else:
             d = _gaussian_like(seed, name, w.shape, float(norms[name])).astype(dtype)
-        tensors[name] = _place(d, w)
+        tensors[name] = place(d, w.sharding)
     return Direction(f"random-seed{int(seed)}", "random", tensors, {"seed": int(seed)})
 
 
@@ -177,18 +172,10 @@ def orthogonalize(d2: Direction, d1: Direction) -> Direction:
     return Direction(d2.name, d2.kind, project(d1.tensors, d2.tensors), {**d2.meta, "orthogonal_to": d1.name})
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-    if not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
-
-
 def save_direction(direction: Direction, path) -> Path:
     """Write the direction as safetensors keyed by parameter name (atomically; process 0 only)."""
     path = Path(path)
-    tensors = {k: np.ascontiguousarray(_to_host(v)) for k, v in direction.tensors.items()}
+    tensors = {k: np.ascontiguousarray(to_host(v)) for k, v in direction.tensors.items()}
     if jax.process_index() != 0:
         return path
     metadata = {"name": direction.name, "kind": direction.kind, "meta": json.dumps(direction.meta)}
@@ -213,7 +200,7 @@ def load_direction(path, model, dtype=None) -> Direction:
                 raise ValueError(f"{path}: tensor {k!r} has shape {value.shape}, the model's is {w.shape}")
             if dtype is not None:
                 value = value.astype(jnp.dtype(dtype))
-            tensors[k] = _place(value, w)
+            tensors[k] = place(value, w.sharding)
     return Direction(meta.get("name", path.stem), meta.get("kind", "random"), tensors,
                      json.loads(meta.get("meta", "{}")))
 

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dss.errors import UserError
+
 MAX_ASR = 100.0  # S_max of the paper: points at this ASR are outside the basin
 
 
@@ -84,5 +86,5 @@ def grid_axes(grid_range: Sequence[float], steps: int, dims: int) -> list[np.nda
     share their coordinates."""
     lo, hi = map(float, grid_range)
     if not (hi > lo and int(steps) >= 1):
-        raise ValueError(f"grid: need grid_range lo < hi and steps >= 1, got {grid_range}, {steps}")
+        raise UserError(f"grid: need grid_range lo < hi and steps >= 1, got {grid_range}, {steps}")
     return [np.round(np.linspace(lo, hi, int(steps) + 1), 12) + 0.0 for _ in range(dims)]

@@ -9,6 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,9 +17,12 @@ from tqdm.auto import tqdm
 import dss.hub
 import dss.models
 from dss import distributed, sharding, templating
+from dss import workdir as workdirs
+from dss.errors import UserError
 from dss.eval.benchmarks import advbench
-from dss.eval.io import append_jsonl, read_jsonl, write_json
-from dss.eval.policy import eos_ids, resolve_model
+from dss.eval.io import append_jsonl, read_done, read_jsonl, write_json
+from dss.eval.policy import eos_ids
+from dss.landscape.config import centre, check_section
 from dss.landscape.directions import (Direction, Perturbation, cosine, interpolation_direction, load_direction,
                                       orthogonalize, random_direction, save_direction)
 from dss.landscape.evaluator import SafetyEvaluator
@@ -33,9 +37,7 @@ def _key(coeffs) -> str:
 
 
 def _directions(cfg, model, workdir: Path, mesh) -> list[Direction]:
-    specs = list(cfg.directions)
-    if len(specs) not in (1, 2):
-        raise ValueError(f"config landscape.directions: one or two axes, got {specs}")
+    specs = list(cfg.directions)  # checked by check_section
     direction_dir = Path(cfg.direction_dir or workdir / "directions")
     out = []
     for axis, spec in enumerate(specs):
@@ -52,18 +54,12 @@ def _directions(cfg, model, workdir: Path, mesh) -> list[Direction]:
                 if distributed.is_writer():
                     save_direction(d, path)
                 log.info("direction %s saved to %s", d.name, path)
-        elif kind == "interp" and arg:
-            target = dss.models.load_pretrained(resolve_model(arg)[0], dtype=cfg.dtype, mesh=mesh)
+        else:  # interp:<checkpoint>
+            target = dss.models.load_pretrained(workdirs.resolve_model(arg)[0], dtype=cfg.dtype, mesh=mesh)
             d = interpolation_direction(model, target, name=f"interp:{arg}")
             del target
-        else:
-            raise ValueError(f"config landscape.directions[{axis}] = {spec!r}: use 'random', 'random:<seed>' "
-                             "or 'interp:<checkpoint>'")
         out.append(d)
     if cfg.orthogonalize and len(out) == 2:
-        if out[1].kind != "random":
-            raise ValueError("config landscape.orthogonalize: only a random second direction can be "
-                             "orthogonalised (an interpolation axis must keep pointing at its checkpoint)")
         out[1] = orthogonalize(out[1], out[0])
     return out
 
@@ -87,9 +83,7 @@ def _judge(cfg, template_vars):
         return None
     from dss.eval.guardrail_judge import GuardrailJudge
 
-    g = cfg.guardrail
-    return GuardrailJudge.from_pretrained(g.path, kind=g.kind, dtype=g.dtype, threshold=g.threshold,
-                                          template_vars=template_vars)
+    return GuardrailJudge.from_section(cfg.guardrail, template_vars)
 
 
 def _curve(source) -> tuple[str, tuple]:
@@ -98,7 +92,7 @@ def _curve(source) -> tuple[str, tuple]:
     path = path / "results.json" if path.is_dir() else path
     res = json.loads(path.read_text())
     if len(res["axes"]) != 1:
-        raise ValueError(f"{path}: a {len(res['axes'])}D landscape cannot be overlaid on a 1D plot")
+        raise UserError(f"{path}: a {len(res['axes'])}D landscape cannot be overlaid on a 1D plot")
     return res["label"], (res["axes"][0], res["asr"], _marks(res["directions"][0]))
 
 
@@ -115,10 +109,9 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
     if template_vars is None:
         template_vars = templating.recorded(workdir) or {}
     if not source:
-        raise ValueError("config landscape.model (or model.path) is empty")
-    if cfg.judge not in ("keyword", "guardrail"):
-        raise ValueError(f"config landscape.judge = {cfg.judge!r}: use keyword or guardrail")
-    model_path, _ = resolve_model(source)
+        raise UserError("config.landscape.model (or model.path) is empty: no model to centre the landscape on")
+    check_section(cfg)
+    model_path, _ = workdirs.resolve_model(source)
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.model = model_path
     outdir = workdir / cfg.name
@@ -142,13 +135,12 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
         stored = json.loads(settings_file.read_text())
         if stored != settings:
             changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-            raise ValueError(f"{settings_file}: the points in {outdir} were made with other settings "
+            raise UserError(f"{settings_file}: the points in {outdir} were made with other settings "
                              f"(differing: {changed}); use another landscape.name or --workdir")
     elif write:
         write_json(settings_file, settings)
 
-    done = {_key(p["coeffs"]): p for p in read_jsonl(points_file)} if write and points_file.exists() else {}
-    done = distributed.broadcast_object(done)  # process 0's record of the finished points
+    done = read_done(points_file, lambda p: _key(p["coeffs"]), write)
     grid = [tuple(float(c) for c in p) for p in itertools.product(*axes)]
     pending = [c for c in grid if _key(c) not in done]
     if pending:
@@ -159,16 +151,20 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
         del model
         groups = [pending[first : first + cfg.points_per_batch] for first in range(0, len(pending), cfg.points_per_batch)]
 
-        def evaluate(group, _index):
+        # several hosts, each with the model on its own device: host p evaluates groups p, p + P, ...
+        shared = distributed.is_multihost() and mesh is None
+        first_round = jax.process_count() if shared else 1  # groups that compile (one per host)
+
+        def evaluate(group, index):
             began = time.perf_counter()
             results = evaluator([perturbation.model_at(c) for c in group])
             seconds = (time.perf_counter() - began) / len(group)
-            return [{"coeffs": list(coeffs), **point, "seconds": seconds} for coeffs, point in zip(group, results)]
+            first = {"compiling": True} if index < first_round else {}
+            return [{"coeffs": list(coeffs), **point, "seconds": seconds, **first}
+                    for coeffs, point in zip(group, results)]
 
-        # several hosts, each with the model on its own device: host p evaluates groups p, p + P, ...
-        shared = distributed.is_multihost() and mesh is None
-        with tqdm(total=len(grid), initial=len(grid) - len(pending), desc=f"landscape {cfg.name}",
-                  unit="point") as bar:
+        desc = cfg.name if "landscape" in cfg.name else f"landscape {cfg.name}"
+        with tqdm(total=len(grid), initial=len(grid) - len(pending), desc=desc, unit="point") as bar:
             for points in distributed.round_robin(groups, evaluate, shared):
                 for point in points:
                     if not cfg.save_responses:
@@ -182,7 +178,10 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
     shape = tuple(len(a) for a in axes)
     asr = np.array([done[_key(c)]["asr"] for c in grid]).reshape(shape)
     asr_keyword = np.array([done[_key(c)]["asr_keyword"] for c in grid]).reshape(shape)
-    seconds = [done[_key(c)]["seconds"] for c in grid]
+    points = [done[_key(c)] for c in grid]
+    seconds = [p["seconds"] for p in points]
+    warm = [p["seconds"] for p in points if not p.get("compiling")] or seconds
+    first = [p["seconds"] for p in points if p.get("compiling")]
     results = {
         "label": cfg.label or Path(source.rstrip("/")).name,
         "model": model_path,
@@ -197,8 +196,9 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
         "asr_keyword": asr_keyword.tolist(),
         "visage": visage(asr, axes),
         "visage_all_points": visage(asr, axes, connected=False),
-        # the first point evaluated in a run includes compilation
-        "seconds_per_point": {"median": statistics.median(seconds), "max": max(seconds)},
+        # the first points each invocation evaluates include compilation: timed apart
+        "seconds_per_point": {"median": statistics.median(warm), "max": max(seconds)},
+        "first_point_seconds": max(first) if first else None,
     }
     if not write:
         return results
@@ -215,19 +215,22 @@ def run(cfg, workdir, default_model: str = "", template_vars=None) -> dict:
         plot_2d(axes[0], axes[1], asr, outdir / "landscape_2d_contour.png", outdir / "landscape_2d_surface.png",
                 title=title)
     v = results["visage"]
-    log.info("%s: VISAGE %.2f (basin %d/%d points, width %s; all-points VISAGE %.2f), %.2f s per point -> %s",
+    timing = f"{results['seconds_per_point']['median']:.2f} s per point"
+    if first:
+        timing = f"first point {max(first):.1f} s (compiling), then {timing}"
+    log.info("%s: VISAGE %.2f (basin %d/%d points, width %s; all-points VISAGE %.2f), %s -> %s",
              results["label"], v["score"], v["basin_points"], v["grid_points"], v["width"],
-             results["visage_all_points"]["score"], results["seconds_per_point"]["median"], outdir)
+             results["visage_all_points"]["score"], timing, outdir)
     return results
 
 
 def main(config, workdir) -> dict:
     """`python -m dss.landscape` job: the config's `landscape` section. With landscape.model empty,
-    the centre is the `--workdir` run's export when it has one, else config.model.path."""
-    export, trained = resolve_model(str(workdir))
-    model = config.get("model")
-    default = export if trained else (model.path if model is not None else "")
+    the centre is the `--workdir` run's export when it has one, else config.model.path. The
+    landscape's directory `<workdir>/<landscape.name>` is locked while the job writes it."""
+    model = centre(config, workdir)
     distributed.initialize(config)
-    log.info("landscape centre: %s", config.landscape.model or default)
-    template_vars = templating.run_template_vars(config.get("template") or {}, workdir)
-    return run(config.landscape, workdir, default, template_vars)
+    log.info("landscape centre: %s", model)
+    with workdirs.lock(Path(workdir) / config.landscape.name, "dss.landscape"):
+        template_vars = templating.run_template_vars(config.get("template") or {}, workdir)
+        return run(config.landscape, workdir, model, template_vars)

@@ -192,15 +192,9 @@ def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=No
                 )
             slices.append(layout.to_ours(value, shape).astype(param_dtype))
         value = np.ascontiguousarray(np.stack(slices) if stacked else slices[0])
-        variable.set_value(_place(value, variable.get_metadata().get("logical_axes"), mesh, rules))
+        where = None if mesh is None else shd.named_sharding(variable.get_metadata().get("logical_axes"), value.shape, mesh, rules)
+        variable.set_value(shd.place(value, where))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
-
-
-def _place(value: np.ndarray, axes, mesh, rules) -> jax.Array:
-    if mesh is None:
-        return jnp.asarray(value)
-    sharding = shd.named_sharding(axes, value.shape, mesh, rules)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30,
@@ -216,7 +210,7 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
     names = hf_names(cfg)
     tensors = {}
     for our_path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        layout, value = names[our_path][1], to_host(variable[...])
+        layout, value = names[our_path][1], shd.to_host(variable[...])
         slices = value if our_path[0] == "layers" else [value]
         for hf_key, piece in zip(hf_tensor_names(cfg, our_path), slices, strict=True):
             tensors[hf_key] = np.ascontiguousarray(layout.to_hf(piece).astype(dtype or value.dtype))
@@ -252,11 +246,3 @@ def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: in
             stale.unlink()
     return out_dir
 
-
-def to_host(x: jax.Array) -> np.ndarray:
-    """The whole array on this host (gathered from every host when it spans several)."""
-    if not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
