@@ -93,6 +93,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     done = losses(stopped)
     assert 3 <= max(done) < 10 and "run the same command to resume" in err
+    assert f"checkpoint {max(done)} is saved in" in err  # a clean stop says its checkpoint is safe
     compiled = Path(os.environ["DSS_CACHE"]) / "jax_compile"  # the CLI's persistent compilation cache
     assert compiled.is_dir() and any(compiled.iterdir())
 

@@ -1,0 +1,89 @@
+"""A run fails safe: an unreadable checkpoint falls back to the one before, an interrupted save is
+reported, a finished run says so, a restart from scratch starts its logs over, dead training
+stops without an export, and a busy workdir is refused at once."""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from baseline_tools import REPO, tiny_config, use_shared_cache
+from dss import train as dss_train
+from dss.health import TrainingFailed
+
+SFT = {"objective.name": "sft", "train.export": False, "train.checkpoint_every": 1, "train.keep": 2}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_cache(tmp_path_factory):
+    use_shared_cache(tmp_path_factory)
+
+
+def logged_steps(workdir):
+    return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_unreadable_checkpoint_falls_back_and_logs_start_over(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    dss_train.train(tiny_config(**SFT, **{"train.max_steps": 2}), tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["1", "2"]
+    damaged = max((p for p in (checkpoints / "2" / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])  # a truncated file
+    (checkpoints / "3.orbax-checkpoint-tmp-1234").mkdir()  # a save that was killed
+
+    caplog.clear()
+    final = dss_train.train(tiny_config(**SFT, **{"train.max_steps": 3}), tmp_path)
+    text = caplog.text
+    assert "3.orbax-checkpoint-tmp-1234 was being saved when its run was stopped: discarding it" in text
+    assert f"checkpoint 2 in {checkpoints} is unreadable" in text and "resuming from checkpoint 1" in text
+    assert (checkpoints / "2.unreadable").is_dir()  # set aside, not deleted
+    assert logged_steps(tmp_path) == [1, 2, 3]  # step 2 redone from checkpoint 1
+    assert np.isfinite(final["loss"])
+
+    caplog.clear()
+    again = dss_train.train(tiny_config(**SFT, **{"train.max_steps": 3}), tmp_path)  # nothing left to do
+    assert "is complete (step 3 of 3): nothing to train" in caplog.text
+    assert again == final  # the last step's metrics, not {}
+
+    events = tmp_path / "tensorboard"
+    old = sorted(events.glob("events.out.tfevents.*"))
+    assert old
+    for path in checkpoints.iterdir():  # start over: no checkpoint at all
+        os.rename(path, tmp_path / f"old_{path.name}")
+    dss_train.train(tiny_config(**SFT, **{"train.max_steps": 1}), tmp_path)
+    assert logged_steps(tmp_path) == [1]
+    assert not set(old) & set(events.glob("events.out.tfevents.*"))  # no event file of the old run left
+
+
+def test_dead_training_stops_without_export(tmp_path):
+    config = tiny_config(**{"objective.name": "sft", "train.lr": 1e6, "train.max_steps": 4})
+    with pytest.raises(TrainingFailed, match=r"^gradient norm exactly 0 at step \d \(loss [\d.]+\): the output no "
+                                             r"longer depends on the weights, training is dead; the last good "
+                                             r"checkpoint is none yet; try a lower config.train.lr \(now 1e\+06\)$"):
+        dss_train.train(config, tmp_path)
+    assert not (tmp_path / "export").exists()
+
+
+def test_a_busy_workdir_is_refused_at_once(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"host": socket.gethostname(), "pid": holder.pid, "started": "2026-12-07T00:00:00Z", "job": "dss.train",
+                "command": "python -m dss.train"}
+        (tmp_path / "dss.lock").write_text(json.dumps(lock))
+        start = time.time()
+        proc = subprocess.run([sys.executable, "-m", "dss.train", "--config", str(REPO / "configs" / "tiny.py"),
+                               "--workdir", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
+        seconds = time.time() - start
+    finally:
+        holder.kill()
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} is in use by dss.train (pid {holder.pid}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dss.lock"]  # nothing written
+    print(f"refused in {seconds:.1f} s")
