@@ -43,19 +43,6 @@ def randomised(weights, seed=1, std=0.05):
     return {t: {"a": noisy(ab["a"]), "b": noisy(ab["b"])} for t, ab in weights.items()}
 
 
-@pytest.fixture
-def compile_cache(tmp_path):
-    """JAX's persistent compilation cache, on as `python -m dss.train` has it: a resumed run loads
-    the programs the first run compiled."""
-    from jax.experimental.compilation_cache import compilation_cache
-
-    compilation_cache.set_cache_dir(str(tmp_path / "jax_compile"))
-    compilation_cache.reset_cache()
-    yield
-    compilation_cache.set_cache_dir(None)
-    compilation_cache.reset_cache()
-
-
 def losses(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())}
 
@@ -175,7 +162,7 @@ def test_lora_step_is_the_full_step_through_the_chain_rule(objective, mesh_shape
         np.testing.assert_array_equal(x, np.asarray(y))
 
 
-def test_lora_trains_on_the_tiny_config_and_resumes_exactly(tmp_path, compile_cache):
+def test_lora_trains_on_the_tiny_config_and_resumes_exactly(tmp_path):  # with the session's compilation cache, as the CLI
     overrides = {"lora.enabled": True, "lora.targets": ALL, "lora.dropout": 0.1, "train.epochs": 1,
                  "train.checkpoint_every": 100, "objective.name": "sft"}
     dss_train.train(tiny_config(**overrides), tmp_path / "straight")
