@@ -20,15 +20,15 @@ class Lisa(Plugin):
 
     @classmethod
     def defaults(cls):
-        s = ml_collections.ConfigDict()
-        s.enabled = False  # alternate alignment and user finetuning steps in one run, with a proximal term
-        s.sources = ()  # alignment data (harmful prompt -> refusal): source dicts as in data.sources; never attacked
+        section = ml_collections.ConfigDict()
+        section.enabled = False  # alternate alignment and user finetuning steps in one run, with a proximal term
+        section.sources = ()  # alignment data (harmful prompt -> refusal): source dicts as in data.sources; never attacked
         #   (a tuple, so the command line can give it: --config.lisa.sources='({"path": "align.jsonl"},)')
-        s.alignment_steps = 100  # steps of each alignment state (official script: 100)
-        s.finetune_steps = 900  # steps of each user finetuning state (official script: 900)
-        s.rho = 1.0  # proximal coefficient: rho/2 ||w - w_anchor||^2, anchor = weights at the last switch (official: 1)
-        s.proximal_after = 0.1  # share of the run's steps before the proximal term is on (official: 0.1)
-        return s
+        section.alignment_steps = 100  # steps of each alignment state (official script: 100)
+        section.finetune_steps = 900  # steps of each user finetuning state (official script: 900)
+        section.rho = 1.0  # proximal coefficient: rho/2 ||w - w_anchor||^2, anchor = weights at the last switch (official: 1)
+        section.proximal_after = 0.1  # share of the run's steps before the proximal term is on (official: 0.1)
+        return section
 
     @classmethod
     def check(cls, config) -> None:
@@ -63,11 +63,11 @@ class Lisa(Plugin):
 
         from dss.baselines import lisa
 
-        s = self.config.lisa
-        if lisa.switches_at(step, s.alignment_steps, s.finetune_steps):
+        settings = self.config.lisa
+        if lisa.switches_at(step, settings.alignment_steps, settings.finetune_steps):
             state.extra["anchor"] = state.copy_trainable()
-        aligning = lisa.state_at(step, s.alignment_steps, s.finetune_steps) == lisa.ALIGNMENT
-        coef = jnp.float32(lisa.proximal_coef(step, s.rho, s.proximal_after, self.horizon))
+        aligning = lisa.state_at(step, settings.alignment_steps, settings.finetune_steps) == lisa.ALIGNMENT
+        coef = jnp.float32(lisa.proximal_coef(step, settings.rho, settings.proximal_after, self.horizon))
         return StepPlan(batches=ALIGNMENT if aligning else None, inputs=(state.extra["anchor"], coef),
                         metrics={"alignment_state": float(aligning)})
 

@@ -20,33 +20,33 @@ class LoRA(Plugin):
 
     @classmethod
     def defaults(cls):
-        s = ml_collections.ConfigDict()
-        s.enabled = False  # train only adapters (and their optimizer state); every objective works, the KL reference is the base
-        s.rank = 8  # r: the adapters' inner dimension (a: in x r, b: r x out)
-        s.alpha = 16.0  # the update alpha / r * a @ b is added to each adapted weight (PEFT's lora_alpha)
-        s.dropout = 0.05  # dropout on each adapter's input while training (PEFT's lora_dropout; 0 = off)
-        s.targets = ("q", "v")  # adapted weights among q, k, v, o (attention) and gate, up, down (MLP)
-        s.adapter_dir = ""  # the adapter alone in PEFT layout, written with the export; "" = <workdir>/adapter
-        return s
+        section = ml_collections.ConfigDict()
+        section.enabled = False  # train only adapters (and their optimizer state); every objective works, the KL reference is the base
+        section.rank = 8  # r: the adapters' inner dimension (a: in x r, b: r x out)
+        section.alpha = 16.0  # the update alpha / r * a @ b is added to each adapted weight (PEFT's lora_alpha)
+        section.dropout = 0.05  # dropout on each adapter's input while training (PEFT's lora_dropout; 0 = off)
+        section.targets = ("q", "v")  # adapted weights among q, k, v, o (attention) and gate, up, down (MLP)
+        section.adapter_dir = ""  # the adapter alone in PEFT layout, written with the export; "" = <workdir>/adapter
+        return section
 
     @classmethod
     def check(cls, config) -> None:
-        lora = config.lora
+        settings = config.lora
         checks.positive_int(config, "lora.rank")
         checks.positive_number(config, "lora.alpha", "number (the update is scaled by alpha / rank)")
         checks.in_range(config, "lora.dropout", 0, 1, "a rate", high_open=True)
-        if isinstance(lora.targets, str):
-            raise UserError(f"config.lora.targets = {lora.targets!r}: a tuple of module names, e.g. ('q', 'v')")
-        targets = tuple(lora.targets)
+        if isinstance(settings.targets, str):
+            raise UserError(f"config.lora.targets = {settings.targets!r}: a tuple of module names, e.g. ('q', 'v')")
+        targets = tuple(settings.targets)
         if not targets:
-            raise UserError(f"config.lora.targets = {lora.targets!r}: no module to adapt; name one or more of "
+            raise UserError(f"config.lora.targets = {settings.targets!r}: no module to adapt; name one or more of "
                             f"{', '.join(TARGETS)}")
         for target in targets:
             if target not in TARGETS:
-                raise UserError(f"config.lora.targets = {lora.targets!r}: {target!r} matches no module; use names "
+                raise UserError(f"config.lora.targets = {settings.targets!r}: {target!r} matches no module; use names "
                                 f"among {', '.join(TARGETS)}")
         if len(set(targets)) != len(targets):
-            raise UserError(f"config.lora.targets = {lora.targets!r}: a module is named twice")
+            raise UserError(f"config.lora.targets = {settings.targets!r}: a module is named twice")
 
     @classmethod
     def preset(cls, config, preset) -> None:
@@ -74,10 +74,10 @@ class LoRA(Plugin):
 
         from dss import distributed, lora
 
-        c = self.config
+        settings = self.config.lora
         if distributed.is_writer():
-            lora.save_peft(lora.to_peft(self.model_config, state.trainable), c.lora, self.model_config,
-                           c.model.path, c.lora.adapter_dir or run.workdir / "adapter")
-        merged = lora.merged(nnx.merge(graphdef, state.frozen), c.lora, state.trainable)
+            lora.save_peft(lora.to_peft(self.model_config, state.trainable), settings, self.model_config,
+                           self.config.model.path, settings.adapter_dir or run.workdir / "adapter")
+        merged = lora.merged(nnx.merge(graphdef, state.frozen), settings, state.trainable)
         state.trainable, state.frozen, state.trainable_name = nnx.state(merged), None, "params"
         return state

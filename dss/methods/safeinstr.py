@@ -16,25 +16,26 @@ class SafeInstr(Plugin):
 
     @classmethod
     def defaults(cls):
-        s = ml_collections.ConfigDict()
-        s.enabled = False  # add safety rows (harmful request -> refusal) to the data, after mixing and attacks
-        s.path = ""  # safety set (file or hub id); "" = the bundled HarmBench refusals (dss/data/files/safety_refusals)
-        s.prompt_field = "prompt"  # its request field (the official safety_only_data_Instructions.json: "instruction")
-        s.response_field = "response"  # its refusal field (the official file: "output")
-        s.count = 0  # safety rows added, drawn without replacement with data.seed; 0 = every row
-        return s
+        section = ml_collections.ConfigDict()
+        section.enabled = False  # add safety rows (harmful request -> refusal) to the data, after mixing and attacks
+        section.path = ""  # safety set (file or hub id); "" = the bundled HarmBench refusals (dss/data/files/safety_refusals)
+        section.prompt_field = "prompt"  # its request field (the official safety_only_data_Instructions.json: "instruction")
+        section.response_field = "response"  # its refusal field (the official file: "output")
+        section.count = 0  # safety rows added, drawn without replacement with data.seed; 0 = every row
+        return section
 
     @classmethod
     def check(cls, config) -> None:
-        s = config.safeinstr
-        if s.path and checks.missing_file(s.path):
-            raise UserError(f"config.safeinstr.path = {s.path!r}: no such file (the safety set SafeInstr adds to the "
+        settings = config.safeinstr
+        if settings.path and checks.missing_file(settings.path):
+            raise UserError(f"config.safeinstr.path = {settings.path!r}: no such file (the safety set SafeInstr adds to the "
                             "data; '' = the bundled HarmBench refusals)")
         for key in ("safeinstr.prompt_field", "safeinstr.response_field"):
             if not isinstance(checks.value(config, key), str) or not checks.value(config, key):
                 raise UserError(f"config.{key} = {checks.value(config, key)!r}: must name a field of the safety set")
-        if isinstance(s.count, bool) or not isinstance(s.count, int) or s.count < 0:
-            raise UserError(f"config.safeinstr.count = {s.count!r}: must be an integer >= 0 (0 = every row)")
+        count = settings.count
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise UserError(f"config.safeinstr.count = {count!r}: must be an integer >= 0 (0 = every row)")
 
     @classmethod
     def preset(cls, config, preset) -> None:

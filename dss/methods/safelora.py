@@ -19,28 +19,28 @@ class SafeLoRA(Plugin):
 
     @classmethod
     def defaults(cls):
-        s = ml_collections.ConfigDict()
-        s.enabled = False  # after training, project the LoRA update of dissimilar modules onto the alignment subspace
-        s.base_path = ""  # the unaligned base of model.path (e.g. meta-llama/Llama-3.2-1B); required when enabled
-        s.select = "number"  # which modules: number (the num_layers least similar) | threshold (official default: number)
-        s.threshold = 0.5  # threshold: project where cosine(dW, C dW) <= this (official default 0.5)
-        s.num_layers = 10  # number: how many modules are projected (official num_proj_layers, default 10)
-        return s
+        section = ml_collections.ConfigDict()
+        section.enabled = False  # after training, project the LoRA update of dissimilar modules onto the alignment subspace
+        section.base_path = ""  # the unaligned base of model.path (e.g. meta-llama/Llama-3.2-1B); required when enabled
+        section.select = "number"  # which modules: number (the num_layers least similar) | threshold (official default: number)
+        section.threshold = 0.5  # threshold: project where cosine(dW, C dW) <= this (official default 0.5)
+        section.num_layers = 10  # number: how many modules are projected (official num_proj_layers, default 10)
+        return section
 
     @classmethod
     def check(cls, config) -> None:
-        safe = config.safelora
+        settings = config.safelora
         if not config.lora.enabled:
             raise UserError("config.lora.enabled = False: config.safelora projects the update of a LoRA run; "
                             "set config.lora.enabled=True")
-        if not safe.base_path:
+        if not settings.base_path:
             raise UserError("config.safelora.base_path = '': SafeLoRA builds its alignment matrices from the unaligned "
                             "base model of config.model.path (e.g. meta-llama/Llama-3.2-1B for Llama-3.2-1B-Instruct)")
-        if checks.missing_file(safe.base_path):
-            raise UserError(f"config.safelora.base_path = {safe.base_path!r}: no such directory")
+        if checks.missing_file(settings.base_path):
+            raise UserError(f"config.safelora.base_path = {settings.base_path!r}: no such directory")
         checks.one_of(config, "safelora.select", SELECT, "SafeLoRA selection")
-        if isinstance(safe.threshold, bool) or not isinstance(safe.threshold, (int, float)):
-            raise UserError(f"config.safelora.threshold = {safe.threshold!r}: must be a number (a cosine similarity)")
+        if isinstance(settings.threshold, bool) or not isinstance(settings.threshold, (int, float)):
+            raise UserError(f"config.safelora.threshold = {settings.threshold!r}: must be a number (a cosine similarity)")
         checks.positive_int(config, "safelora.num_layers")
 
     @classmethod

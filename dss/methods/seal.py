@@ -19,25 +19,24 @@ class SEAL(Plugin):
 
     @classmethod
     def defaults(cls):
-        s = ml_collections.ConfigDict()
-        s.enabled = False  # rank the user data with a selector trained first (cached in the workdir), keep the top
-        s.safe_sources = ()  # upper-level safe/aligned data: source dicts as in data.sources (required when enabled);
+        section = ml_collections.ConfigDict()
+        section.enabled = False  # rank the user data with a selector trained first (cached in the workdir), keep the top
+        section.safe_sources = ()  # upper-level safe/aligned data: source dicts as in data.sources (required when enabled);
         #   a tuple, so the command line can set it: --config.seal.safe_sources='({"path": "safe.jsonl"},)'
-        s.keep_fraction = 0.8  # share of user examples kept, highest selector scores first (official --topp)
-        s.epochs = 3  # selector training passes (each min(safe, user) // global_batch steps)
-        s.max_steps = -1  # cap on selector steps (-1 = epochs decide)
-        s.global_batch = 64  # safe examples and user examples per selector step (as many of each)
-        s.micro_batch = 8  # examples of each per forward/backward; global_batch / micro_batch accumulated
-        s.lr = 1e-5  # constant Adam rate of the model trained alongside the selector
-        s.selector_lr = 5e-3  # constant Adam rate of the selector logits
-        s.upper_weight = 1.0  # lambda in epoch 0: model loss = lambda * safe CE + (1 - lambda) * weighted user CE
-        s.upper_weight_decay = 0.03  # lambda falls by this each epoch
-        s.activation = "softmax"  # selector weights: softmax (N * softmax(logits)) | sigmoid (2 * sigmoid(logits))
-        return s
+        section.keep_fraction = 0.8  # share of user examples kept, highest selector scores first (official --topp)
+        section.epochs = 3  # selector training passes (each min(safe, user) // global_batch steps)
+        section.max_steps = -1  # cap on selector steps (-1 = epochs decide)
+        section.global_batch = 64  # safe examples and user examples per selector step (as many of each)
+        section.micro_batch = 8  # examples of each per forward/backward; global_batch / micro_batch accumulated
+        section.lr = 1e-5  # constant Adam rate of the model trained alongside the selector
+        section.selector_lr = 5e-3  # constant Adam rate of the selector logits
+        section.upper_weight = 1.0  # lambda in epoch 0: model loss = lambda * safe CE + (1 - lambda) * weighted user CE
+        section.upper_weight_decay = 0.03  # lambda falls by this each epoch
+        section.activation = "softmax"  # selector weights: softmax (N * softmax(logits)) | sigmoid (2 * sigmoid(logits))
+        return section
 
     @classmethod
     def check(cls, config) -> None:
-        s = config.seal
         checks.sources(config, "seal.safe_sources", "SEAL trains its data selector against safe/aligned data",
                        " (e.g. the bundled refusals, dss.data.bundled('safety_refusals/harmbench_refusals.jsonl'))")
         checks.in_range(config, "seal.keep_fraction", 0, 1, "the share of user examples kept,", low_open=True)
@@ -48,7 +47,7 @@ class SEAL(Plugin):
         for key in ("seal.lr", "seal.selector_lr"):
             checks.positive_number(config, key, "learning rate")
         weight = checks.in_range(config, "seal.upper_weight", 0, 1, "the weight of the safe loss,", low_open=True)
-        decay = s.upper_weight_decay
+        decay = config.seal.upper_weight_decay
         if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (decay >= 0 and decay * (epochs - 1) <= weight):
             raise UserError(f"config.seal.upper_weight_decay = {decay!r}: must be >= 0 and keep the safe-loss weight "
                             f"config.seal.upper_weight - epoch * decay >= 0 through all {epochs} epochs")

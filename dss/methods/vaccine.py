@@ -17,10 +17,10 @@ class Vaccine(Plugin):
 
     @classmethod
     def defaults(cls):
-        s = ml_collections.ConfigDict()
-        s.enabled = False  # perturbation-aware steps (Vaccine's alignment stage: data.sources = alignment data)
-        s.rho = 2.0  # radius of the hidden-state perturbation, one norm over all layers (official default 2)
-        return s
+        section = ml_collections.ConfigDict()
+        section.enabled = False  # perturbation-aware steps (Vaccine's alignment stage: data.sources = alignment data)
+        section.rho = 2.0  # radius of the hidden-state perturbation, one norm over all layers (official default 2)
+        return section
 
     @classmethod
     def check(cls, config) -> None:
