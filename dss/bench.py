@@ -6,7 +6,10 @@ star  — STAR scoring, shared_kv vs naive, on one random guardrail and real pro
         that shared_kv achieves; each method's first call: the programs it compiled (against the
         bound its length buckets allow) and the seconds spent compiling them; with torch
         installed, also the HF PyTorch model scoring the same prefixes naively (one left-padded
-        pass per prefix, last-token logits only).
+        pass per prefix, last-token logits only). The three run interleaved in each repeat; the
+        ratios' spread over repeats is reported. `--record FILE` appends the commit's ratios
+        (to dss naive and to HF naive; commit, date, machine) to a speed history, the repo's
+        being docs/bench_history.jsonl.
 train — train-step time of STAR-DSS (k2, precomputed reference; and full KL with the reference
         model in the step) relative to SFT on the same model and batch, each variant's compile
         time and peak scratch memory (against one float32 [B, T, V] for scale); SFT tokens/s and
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +35,9 @@ import numpy as np
 import transformers
 from absl import app, flags
 from flax import nnx
+from tqdm.auto import tqdm
 
-from dss import assets, star
+from dss import assets, star, star_plan
 from dss.data import BUNDLED_DIR
 from dss.models import ModelConfig, Transformer, save_pretrained
 from dss.segments import word_cuts
@@ -42,6 +47,7 @@ flags.DEFINE_integer("examples", 32, "examples to score")
 flags.DEFINE_integer("repeats", 2, "timed repetitions (after one warm-up)")
 flags.DEFINE_string("guard_size", "cpu", "model shape: cpu (hidden 256, 4 layers) | llama-guard-3-1b (Llama 3.2 1B shape, random weights)")
 flags.DEFINE_string("dtype", "float32", "guardrail compute dtype (bfloat16 on accelerators)")
+flags.DEFINE_string("record", "", "star: append the commit's ratios to this speed history (the repo's: docs/bench_history.jsonl)")
 flags.DEFINE_integer("compile_layers", 16, "layers of the model the compile benchmark builds")
 FLAGS = flags.FLAGS
 
@@ -82,36 +88,33 @@ def make_guard(root: Path, texts: list[str], shape: str | dict) -> star.Guardrai
 def token_counts(guard: star.Guardrail, examples) -> tuple[int, int, int]:
     """(real tokens naive and shared_kv feed the model, lower bound: the template head once, the
     rest of each full rendering once, and the template tail of each of the other K - 1 prefixes)."""
-    naive = bound = 0
-    plans = []
+    cuts = star.example_cuts(guard, examples)
+    plans = star.prefix_plans(guard, examples, cuts)
     tok = guard.adapter.tokenizer
-    for ex in examples:
-        cuts = word_cuts(ex["response"])
-        ids = guard.adapter.encode_many([(ex["prompt"], ex["response"][:c]) for c in cuts])
-        full = guard.adapter.encode(ex["prompt"], ex["response"])
-        plans.append(star._shared_plan(ids, full, len(plans)))
-        naive += sum(map(len, ids))
+    bound = 0
+    for ex, ex_cuts, plan in zip(examples, cuts, plans):
         rendered = guard.adapter.render(ex["prompt"], ex["response"])
         response_end = rendered.rindex(ex["response"]) + len(ex["response"]) if ex["response"] else len(rendered)
         offsets = tok(rendered, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         tail = sum(start >= response_end for start, _ in offsets)
-        bound += len(full) + (len(cuts) - 1) * tail  # the last prefix is the full rendering itself
-    head = star._head_length(plans)
+        bound += len(plan.full) + (len(ex_cuts) - 1) * tail  # the last prefix is the full rendering itself
+    naive = sum(len(ids) for plan in plans for ids in plan.seen)
+    head = star_plan.head_length(plans)
     processed = head + sum(len(p.full) - head + sum(map(len, p.suffixes)) for p in plans)
     return naive, processed, bound - (len(plans) - 1) * head
 
 
-def hf_torch_naive_speed(root: Path, guard: star.Guardrail, examples) -> float | None:
-    """Examples/s of the HF PyTorch model (float32, CPU) scoring every prefix in its own pass:
-    the same renderings as STAR, in length-sorted batches of `--examples` rows (left-padded, so
-    the last position is each row's verdict position), best of `--repeats`. None without torch."""
+def hf_torch_naive_run(root: Path, guard: star.Guardrail, examples):
+    """A callable that scores every prefix with the HF PyTorch model (float32, CPU), each in its
+    own pass: the same renderings as STAR, in length-sorted batches of `--examples` rows
+    (left-padded, so the last position is each row's verdict position). None without torch."""
     try:
         import torch
     except ImportError:
         return None
     model = transformers.AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32).eval()
-    rows = sorted((ids for ex in examples for ids in guard.adapter.encode_many(
-        [(ex["prompt"], ex["response"][:c]) for c in word_cuts(ex["response"])])), key=len)
+    rows = sorted((ids for plan in star.prefix_plans(guard, examples, star.example_cuts(guard, examples))
+                   for ids in plan.seen), key=len)
 
     def run():
         with torch.no_grad():
@@ -124,49 +127,61 @@ def hf_torch_naive_speed(root: Path, guard: star.Guardrail, examples) -> float |
                     ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
                 model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
 
-    times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return len(examples) / min(times)
+    return run
 
 
 def bench_star() -> dict:
+    """STAR shared_kv against dss naive and HF PyTorch naive, interleaved in each repeat so that
+    load changes hit all alike: speeds from each one's best repeat, ratios per repeat (their spread)."""
     import jax
 
     examples = bench_examples(Path(FLAGS.data_dir), FLAGS.examples)
     with tempfile.TemporaryDirectory() as tmp:
         guard = make_guard(Path(tmp), [t for ex in examples for t in ex.values()], FLAGS.guard_size)
-        methods = ("shared_kv", "naive")
-        times, first, compiled = {method: [] for method in methods}, {}, {}
-        for method in methods:
-            start = time.perf_counter()
-            _, compiled[method] = star.score(guard, examples, method=method, report=True)  # compiles
-            first[method] = time.perf_counter() - start
-        for _ in range(FLAGS.repeats):  # interleaved, so load changes hit both methods alike
-            for method in methods:
+        runs = {method: (lambda method=method: star.score(guard, examples, method=method)) for method in ("shared_kv", "naive")}
+        hf_run = hf_torch_naive_run(Path(tmp), guard, examples)
+        if hf_run is not None:
+            runs["hf_torch_naive"] = hf_run
+        first, compiled, times = {}, {}, {name: [] for name in runs}
+        with tqdm(total=len(runs) * (FLAGS.repeats + 1), desc="bench star", unit="run") as bar:
+            for method in ("shared_kv", "naive"):
                 start = time.perf_counter()
-                star.score(guard, examples, method=method)
-                times[method].append(time.perf_counter() - start)
-        speed = {method: len(examples) / min(t) for method, t in times.items()}
-        hf_speed = hf_torch_naive_speed(Path(tmp), guard, examples)
+                _, compiled[method] = star.score(guard, examples, method=method, report=True)  # compiles
+                first[method] = time.perf_counter() - start
+                bar.update()
+            if hf_run is not None:
+                hf_run()  # warm-up
+                bar.update()
+            for _ in range(FLAGS.repeats):
+                for name, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[name].append(time.perf_counter() - start)
+                    bar.update()
         naive, processed, bound = token_counts(guard, examples)
     prefixes = sum(len(word_cuts(ex["response"])) for ex in examples)
+    speed = {name: len(examples) / min(t) for name, t in times.items()}
+    per_repeat = {other: [o / s for o, s in zip(times[other], times["shared_kv"])] for other in runs if other != "shared_kv"}
     return {
         "examples": len(examples), "prefixes": prefixes, "guard": FLAGS.guard_size, "dtype": FLAGS.dtype,
-        "device": jax.devices()[0].device_kind,
+        "device": jax.devices()[0].device_kind, "repeats": FLAGS.repeats,
         "shared_kv_examples_per_s": round(speed["shared_kv"], 2),
         "naive_examples_per_s": round(speed["naive"], 2),
         "speedup": round(speed["shared_kv"] / speed["naive"], 2),
-        **({} if hf_speed is None else {"hf_torch_naive_examples_per_s": round(hf_speed, 2),
-                                        "speedup_vs_hf_torch_naive": round(speed["shared_kv"] / hf_speed, 2)}),
-        **{f"{method}_first_call_s": round(first[method], 1) for method in methods},  # compilation included
-        **{f"{method}_compile_s": round(compiled[method].seconds, 1) for method in methods},
-        **{f"{method}_compiled_shapes": compiled[method].programs for method in methods},
-        **{f"{method}_shape_bound": compiled[method].bound for method in methods},
+        "speedup_per_repeat": [round(r, 2) for r in per_repeat["naive"]],
+        **({} if hf_run is None else {"hf_torch_naive_examples_per_s": round(speed["hf_torch_naive"], 2),
+                                      "speedup_vs_hf_torch_naive": round(speed["shared_kv"] / speed["hf_torch_naive"], 2),
+                                      "speedup_vs_hf_torch_naive_per_repeat": [round(r, 2) for r in per_repeat["hf_torch_naive"]]}),
+        **{f"{name}_s": [round(t, 3) for t in ts] for name, ts in times.items()},
+        **{f"{method}_first_call_s": round(first[method], 1) for method in compiled},  # compilation included
+        **{f"{method}_compile_s": round(compiled[method].seconds, 1) for method in compiled},
+        **{f"{method}_compiled_shapes": compiled[method].programs for method in compiled},
+        **{f"{method}_shape_bound": compiled[method].bound for method in compiled},
         "naive_tokens": naive, "shared_kv_tokens": processed, "lower_bound_tokens": bound,
         "lower_bound_fraction": round(bound / processed, 3),
+        # the token bound on shared_kv's speedup over naive, and how much of it was reached
+        "token_bound_speedup": round(naive / bound, 2),
+        "token_bound_reached": round(speed["shared_kv"] / speed["naive"] / (naive / bound), 3),
     }
 
 
@@ -211,7 +226,7 @@ def bench_train() -> dict:
                 "vaccine": (dict(name="vaccine"), 2.0, None, None),
                 "lisa": (dict(name="lisa"), 0.0, None, lisa_proximal)}
     steps, compile_s, temp_mib = {}, {}, {}
-    for label, (obj, rho, step_ref, proximal) in variants.items():
+    for label, (obj, rho, step_ref, proximal) in tqdm(variants.items(), desc="bench train: compile", unit="step"):
         obj = ml_collections.ConfigDict({"kl_coef": 0.5, "kl_estimator": "k2", **obj})
         start = time.perf_counter()
         compiled = dss_train.make_train_step(graphdef, tx, obj, accum=2, vaccine_rho=rho).lower(
@@ -224,7 +239,8 @@ def bench_train() -> dict:
     steps["seal_selector"] = _seal_selector_step(graphdef, ref, batch)
     steps["lora_qv_r8"] = _lora_step(graphdef, tx, ref, batch)
     samples = {label: [] for label in steps}
-    for _ in range(FLAGS.repeats + 2):  # interleaved, so load changes hit every variant alike
+    # interleaved, so load changes hit every variant alike
+    for _ in tqdm(range(FLAGS.repeats + 2), desc="bench train: timing", unit="round"):
         for label, step in steps.items():
             start = time.perf_counter()
             jax.block_until_ready(step())
@@ -322,7 +338,8 @@ def bench_compile() -> dict:
     shape = {**GUARD_SHAPES["cpu"], "num_hidden_layers": FLAGS.compile_layers}
     variants = {"scan": 1, "unrolled": FLAGS.compile_layers}  # unroll = all layers: a Python loop's program
     cfg = ModelConfig.from_hf(transformers.LlamaConfig(vocab_size=8192, **shape).to_dict())
-    train_s = {name: _compile_step(cfg, unroll)[0] for name, unroll in variants.items()}
+    train_s = {name: _compile_step(cfg, unroll)[0]
+               for name, unroll in tqdm(variants.items(), desc="bench compile: train step", unit="variant")}
     # Llama 3's vocabulary at the paper's 2048 tokens: what the vocabulary adds to each step's
     # scratch (against the same step with V = 8192; attention's [L, L] scores are most of the
     # rest) vs one float32 [B, T, V], which no step builds (logits are made 256 positions at a time)
@@ -336,7 +353,7 @@ def bench_compile() -> dict:
     star_s, programs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         guard = make_guard(Path(tmp), [t for ex in examples for t in ex.values()], shape)
-        for name, unroll in variants.items():
+        for name, unroll in tqdm(variants.items(), desc="bench compile: first STAR call", unit="variant"):
             guard.model.unroll = unroll  # a static attribute: every program compiles afresh
             _, report = star.score(guard, examples, method="shared_kv", report=True)
             star_s[name], programs[name] = report.seconds, report.programs
@@ -352,6 +369,101 @@ def bench_compile() -> dict:
     }
 
 
+# The speed history (`--record FILE`): one JSON line per recorded commit, ratios only (measured
+# side by side in one process, so they survive a busy or different machine better than seconds).
+RECORD_RATIOS = ("shared_kv_vs_naive", "shared_kv_vs_hf_torch_naive")
+RECORD_KEYS = ("commit", "date", "machine", "workload", "ratios", "spread", "token_bound_reached")
+HISTORY = Path(__file__).resolve().parents[1] / "docs" / "bench_history.jsonl"
+
+
+def _git(*args) -> str:
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux), "" where /proc/cpuinfo does not say."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+
+
+def star_record(result: dict) -> dict:
+    """The history line of a `bench_star` result: the commit (with "+dirty" where the working tree
+    differs from it), UTC date, machine, workload and the ratios with their spread over repeats."""
+    import os
+    import platform
+
+    try:
+        commit = _git("rev-parse", "--short=7", "HEAD") + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"  # not a git checkout (an installed package)
+    per_repeat = {"shared_kv_vs_naive": result["speedup_per_repeat"],
+                  "shared_kv_vs_hf_torch_naive": result.get("speedup_vs_hf_torch_naive_per_repeat")}
+    best = {"shared_kv_vs_naive": result["speedup"], "shared_kv_vs_hf_torch_naive": result.get("speedup_vs_hf_torch_naive")}
+    record = {
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpu": _cpu_name() or platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "device": result["device"], "load_1min": round(os.getloadavg()[0], 1)},
+        "workload": {k: result[k] for k in ("examples", "prefixes", "guard", "dtype", "repeats")},
+        "ratios": {k: v for k, v in best.items() if v is not None},
+        "spread": {k: [min(v), max(v)] for k, v in per_repeat.items() if v},
+        "token_bound_reached": result["token_bound_reached"],
+    }
+    check_record(record)
+    return record
+
+
+def check_record(record, where: str = "record") -> None:
+    """Refuse a history line that is not one `star_record` writes, naming the key."""
+    if not isinstance(record, dict) or set(record) != set(RECORD_KEYS):
+        raise ValueError(f"{where}: keys must be {sorted(RECORD_KEYS)}, got "
+                         f"{sorted(record) if isinstance(record, dict) else type(record).__name__}")
+    if not isinstance(record["commit"], str) or not record["commit"]:
+        raise ValueError(f"{where}: 'commit' must be a commit hash, got {record['commit']!r}")
+    try:
+        time.strptime(record["date"], "%Y-%m-%dT%H:%M:%SZ")
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: 'date' must be UTC like 2026-01-31T12:00:00Z, got {record['date']!r}") from None
+    for key, fields in (("machine", ("cpu", "cores", "device")), ("workload", ("examples", "prefixes", "guard", "dtype"))):
+        if not isinstance(record[key], dict) or not all(f in record[key] for f in fields):
+            raise ValueError(f"{where}: {key!r} must give {', '.join(fields)}, got {record[key]!r}")
+    positive = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+    ratios, spread = record["ratios"], record["spread"]
+    if not isinstance(ratios, dict) or "shared_kv_vs_naive" not in ratios or not set(ratios) <= set(RECORD_RATIOS) \
+            or not all(positive(v) for v in ratios.values()):
+        raise ValueError(f"{where}: 'ratios' must map shared_kv_vs_naive (and shared_kv_vs_hf_torch_naive) to "
+                         f"positive numbers, got {ratios!r}")
+    if not isinstance(spread, dict) or set(spread) != set(ratios) or not all(
+            isinstance(v, list) and len(v) == 2 and all(map(positive, v)) and v[0] <= v[1] for v in spread.values()):
+        raise ValueError(f"{where}: 'spread' must give [lowest, highest] of each ratio over the repeats, got {spread!r}")
+    if not positive(record["token_bound_reached"]):
+        raise ValueError(f"{where}: 'token_bound_reached' must be a positive number, got {record['token_bound_reached']!r}")
+
+
+def read_history(path) -> list[dict]:
+    """Every record of a history file, each checked (errors name the file and 1-based line)."""
+    records = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {n}: not JSON ({err.msg})") from None
+        check_record(record, f"{path} line {n}")
+        records.append(record)
+    return records
+
+
+def append_record(path, record: dict) -> None:
+    """Add one checked line to the history file."""
+    check_record(record)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 BENCHES = {"star": bench_star, "train": bench_train, "compile": bench_compile}
 
 
@@ -360,7 +472,14 @@ def main(argv):
     for name in names:
         if name not in BENCHES:
             raise app.UsageError(f"unknown benchmark {name!r}; choose from {sorted(BENCHES)}")
-        print(json.dumps({name: BENCHES[name]()}, indent=2), flush=True)
+    if FLAGS.record and "star" not in names:
+        raise app.UsageError("--record keeps the star benchmark's ratios: run `python -m dss.bench star --record FILE`")
+    for name in names:
+        result = BENCHES[name]()
+        print(json.dumps({name: result}, indent=2), flush=True)
+        if name == "star" and FLAGS.record:
+            append_record(FLAGS.record, star_record(result))
+            print(f"recorded in {FLAGS.record}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 import dss.models
-from dss import star_plan
+from dss import sharding, star_plan
 from dss.buckets import next_pow2
 from dss.star_plan import BATCH_STEP, CACHE_STEP, NAIVE_STEP, PREFILL_STEP, SUFFIX_STEP, bucket
 
@@ -108,7 +108,7 @@ def naive_calls(graphdef, state, items, logits_args, token_budget, multiple):
         for b, i in enumerate(idx):
             ids = items[i][2]
             tokens[b, : len(ids)], lengths[b] = ids, len(ids)
-        logits = last_logits(graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), **logits_args)
+        logits = last_logits(graphdef, state, sharding.place(tokens, None), sharding.place(lengths, None), **logits_args)
         yield logits, [(items[i][0], items[i][1], (b,), items[i][2]) for b, i in enumerate(idx)]
 
 
@@ -126,7 +126,7 @@ def _batch_cache(graphdef, state, plans, head, size: int, multiple: int, logits_
         for b, p in enumerate(plans[first : first + rows]):
             tokens[b, : len(p.full) - head_slots] = p.full[head_slots:]
             last[b] = len(p.full) - head_slots - 1
-        part, part_logits = prefill(graphdef, state, head, jnp.asarray(tokens), jnp.asarray(last), **logits_args)
+        part, part_logits = prefill(graphdef, state, head, sharding.place(tokens, None), sharding.place(last, None), **logits_args)
         cache = place(cache, part, first)
         logits.append(part_logits)
     return cache, jnp.concatenate(logits)
@@ -138,7 +138,7 @@ def shared_calls(graphdef, state, plans, logits_args, token_budget, multiple):
     if not plans:
         return
     head = star_plan.head_length(plans)
-    head_kv = (head_cache(graphdef, state, jnp.asarray([plans[0].full[:head]], jnp.int32)) if head
+    head_kv = (head_cache(graphdef, state, sharding.place(np.asarray([plans[0].full[:head]], np.int32), None)) if head
                else nnx.merge(graphdef, state).init_cache(1, 0))
     for idx, rest, size in star_plan.length_batches([len(p.full) - head for p in plans], token_budget, multiple, BATCH_STEP):
         batch = [plans[i] for i in idx]
@@ -164,7 +164,7 @@ def one_behind(calls):
     pending = None
     for call in calls:
         if pending is not None:
-            yield np.asarray(jax.device_get(pending[0])), pending[1]
+            yield sharding.to_host(pending[0]), pending[1]
         pending = call
     if pending is not None:
-        yield np.asarray(jax.device_get(pending[0])), pending[1]
+        yield sharding.to_host(pending[0]), pending[1]

@@ -4,6 +4,8 @@ import collections
 import csv
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -238,6 +240,40 @@ def test_star_cli_scores_plots_and_reuses(tmp_path):
     assert len(pngs) == 2 and all(p.stat().st_size > 10_000 for p in pngs)
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "scored" not in second.stderr  # reused, not rescored
+
+
+def test_progress_counts_whole_examples(llama_guard, capfd):
+    """The bar counts an example when its last prefix is scored: 5/5 at the end, never 4.9/5."""
+    guard, _ = llama_guard
+    for method in ("shared_kv", "naive"):
+        star.score(guard, EXAMPLES[:5], method=method, progress=True)
+        bar = capfd.readouterr().err.replace("\r", "\n")
+        assert re.search(rf"STAR {method}: 100%.*\b5/5\b", bar), bar
+        assert not re.search(r"\d\.\d+/5", bar), bar
+
+
+def _hold(workdir: Path) -> None:
+    """Lock `workdir` as a live dss.train on this host would (pid 1 is alive everywhere)."""
+    workdir.mkdir(parents=True)
+    (workdir / "dss.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 1, "job": "dss.train",
+                                                  "started": "2026-01-01T00:00:00+00:00", "command": "test"}))
+
+
+def test_star_job_refuses_a_workdir_in_use(tmp_path):
+    """Another live job's workdir is refused at launch (one line, status 2) and by `main` itself."""
+    _hold(tmp_path / "w")
+    cmd = [sys.executable, "-m", "dss.star", "--config", str(REPO / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w")]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stderr.startswith(f"error: {tmp_path / 'w'} is in use by dss.train (pid 1 on ")
+    assert len(run.stderr.strip().splitlines()) == 1
+    from dss.config import base_config
+    from dss.errors import UserError
+
+    config = base_config()
+    config.model.path, config.guardrail.paths, config.data.sources = "tiny:policy", ["tiny:guardrail"], [dict(path="x.jsonl")]
+    with pytest.raises(UserError, match="is in use by dss.train"):
+        star.main(config, tmp_path / "w")
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["dss.lock"]  # nothing written
 
 
 def test_sharded_guardrail_equals_single_device(llama_guard):
