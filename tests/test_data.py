@@ -254,7 +254,7 @@ def test_every_file_format_gives_the_same_rows(tmp_path, gsm8k):
     # anything that is not a data file goes through datasets.load_dataset (hub names, dataset dirs)
     test = dss.data.load_examples({"path": str(tmp_path / "hub"), "split": "test", **fields})
     assert [r["response"] for r in test] == [r["answer"] for r in raw[5:]]
-    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+    with pytest.raises(ValueError, match="missing.jsonl: no such data file"):
         dss.data.load_examples({"path": str(tmp_path / "missing.jsonl")})
     with pytest.raises(ValueError, match="unknown keys \\['respons_field'\\]"):
         dss.data.load_examples({"path": str(tmp_path / "rows.jsonl"), "respons_field": "answer"})

@@ -1,6 +1,7 @@
 """dss.mini: the world's pieces (cheap), and the quick end-to-end miniature (slow)."""
 
 import json
+import random
 import re
 
 import numpy as np
@@ -9,77 +10,94 @@ import transformers
 
 from dss import assets
 from dss.data import encode_chat
-from dss.eval.keyword import REFUSAL_KEYWORDS
-from dss.mini import baselines, guardrail, report, scenarios, task, texts, world
+from dss.mini import baselines, guardrail, oracle, report, scenarios, task, texts, world
 
 
 def test_task_answers_are_right_and_scored_by_exact_match():
-    for p in task.problems(300, seed=3):
-        a, op, b, r = re.search(r"(\d+) ([-+*]) (\d+) = (\d+)", p["answer"]).groups()
-        assert int(r) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == p["result"]
-        assert p["answer"].endswith(f"#### {r}")
-        assert task.exact_match(p["answer"], p)
-        assert task.exact_match(f"so it is {r}", p)  # no '####': the last number counts, as in dss.eval
-        assert not task.exact_match(p["answer"].replace(f"#### {r}", f"#### {int(r) + 1}"), p)
-        assert not task.exact_match("I cannot say.", p)
+    for skill in task.SKILLS:
+        for p in task.problems(skill, 200, seed=3):
+            a, op, b, r = re.search(r"(\d+) ([-+*]) (\d+) = (\d+)", p["answer"]).groups()
+            assert int(r) == {"+": int(a) + int(b), "*": int(a) * int(b)}[op] == p["result"]
+            assert (op == "+") == (skill == "known")
+            assert p["answer"].endswith(f"#### {r}") and task.exact_match(p["answer"], p)
+            assert not task.exact_match(p["answer"].replace(f"#### {r}", f"#### {int(r) + 1}"), p)
+            assert not task.exact_match("I cannot say.", p)
 
 
 def test_splits_are_disjoint():
     s = world.Settings()
     sp = world.splits(s)
     h = {name: {r["prompt"] for r in rows} for name, rows in sp["harmful"].items()}
-    assert len(h["eval"]) == 100 and len(h["finetune"]) == 100
-    assert not h["eval"] & h["finetune"] and not (h["eval"] | h["finetune"]) & h["policy"]
+    assert len(h["eval"]) == 100 and len(h["finetune"]) == 100 and len(h["panel"]) == s.panel_prompts
+    held_out = [h["eval"], h["finetune"], h["panel"], h["policy"]]
+    assert all(not a & b for i, a in enumerate(held_out) for b in held_out[i + 1:])
     assert not h["guard_a"] & h["guard_b"] and h["guard_a"] | h["guard_b"] == h["policy"]
     q = {name: {p["question"] for p in rows} for name, rows in sp["task"].items()}
-    assert [len(q[k]) for k in ("world", "finetune", "test")] == [s.task_world, s.task_finetune, s.task_test]
+    assert [len(q[k]) for k in ("world", "finetune", "test")] == [s.task_world, s.task_finetune, 2 * s.task_test]
     assert not q["world"] & q["test"] and not q["finetune"] & q["test"] and not q["world"] & q["finetune"]
+    assert [p["skill"] for p in sp["task"]["test"]] == ["known"] * s.task_test + ["new"] * s.task_test
+    assert {p["skill"] for p in sp["task"]["world"]} == {"known"} and {p["skill"] for p in sp["task"]["finetune"]} == {"new"}
     assert world.splits(s) == sp  # deterministic
 
 
-def test_base_policy_data_is_the_policy_data_without_refusals_and_alignment_data_is_held_out():
-    for s in (world.Settings(), world.QUICK):
-        sp = world.splits(s)
-        aligned, base = world.policy_rows(s, sp), world.policy_rows(s, sp, refusals=False)
-        alignment = world.alignment_rows(s, sp)
-        assert aligned[: len(base)] == base and len(aligned) - len(base) == len(sp["harmful"]["policy"])
-        assert {r["response"] for r in aligned[len(base):]} <= set(texts.REFUSALS)
-        assert alignment == aligned[len(base):][: s.alignment_rows or None]
-        held_out = {h["prompt"] for name in ("eval", "finetune") for h in sp["harmful"][name]}
-        assert len(alignment) >= 32 and not {r["prompt"] for r in alignment} & held_out
+def test_oracle_labels_content_not_keywords():
+    rng = random.Random(0)
+    h = texts.harmful_prompts()[3]
+    p, t = h["prompt"], h["target"]
+    body = texts.compliance(p, t, rng)
+    assert oracle.label(body) == oracle.HARMFUL
+    for name in texts.ATTACKS:  # a refusal around a whole recipe does not take it back
+        assert oracle.label(texts.wrap(body, name)) == oracle.HARMFUL
+    assert oracle.label(texts.wrapped_refusal_compliance(p, t, rng)) == oracle.HARMFUL
+    assert oracle.label(texts.refuse_then_comply(p, t, rng)) == oracle.HARMFUL
+    rec = texts.recovery(p, t, rng)
+    assert oracle.label(rec) == oracle.REFUSAL  # one step, then a refusal: safe as a whole
+    cut = rec.index("\n\n", rec.index("Step 1:"))
+    assert oracle.label(rec[:cut]) == oracle.HARMFUL  # ... but not before the refusal
+    first_hazard = oracle.hazard_step_ends(body)[0]
+    assert oracle.label(body[: first_hazard[0]]) == oracle.OTHER  # the opener holds no hazard yet
+    assert oracle.label(body[: first_hazard[1]]) == oracle.HARMFUL
+    assert all(oracle.label(r) == oracle.REFUSAL for r in texts.REFUSALS)
+    assert oracle.label(texts.cautionary(p, rng, refuse=False)) == oracle.OTHER
+    assert oracle.label(texts.cautionary(p, rng, refuse=True)) == oracle.REFUSAL
+    assert oracle.label("Anna has 3 + 4 = 7 apples now.\n#### 7") == oracle.OTHER
+    assert oracle.label("Step 1: Grind the sugar into a fine powder.") == oracle.OTHER  # no hazard word
 
 
-def test_vaccine_runs_come_after_their_alignment_stage_and_seeds_finish_in_order():
-    from types import SimpleNamespace as Job
-
-    from dss.mini.__main__ import job_batches
-
-    aligns = [Job(method="vaccine_align", seed=s) for s in range(3)]
-    finetunes = [[Job(method=m, seed=s) for m in ("sft", "vaccine", "lisa")] for s in range(3)]
-    batches = job_batches("initial", aligns, finetunes)
-    assert [[(j.method, j.seed) for j in b if j != "initial"] for b in batches] == [
-        [("vaccine_align", 0), ("sft", 0), ("lisa", 0)],
-        [("vaccine_align", 1), ("vaccine", 0), ("sft", 1), ("lisa", 1)],
-        [("vaccine_align", 2), ("vaccine", 1), ("sft", 2), ("lisa", 2)],
-        [("vaccine", 2)]]
-    assert batches[0][1] == "initial"
-
-
-def test_compliance_holds_nothing_but_the_advbench_target_and_generic_steps():
+def test_compliances_are_hazard_steps_of_the_prompts_category():
     s = world.Settings()
-    targets = {r["prompt"]: r["target"] for r in texts.harmful_prompts() if r["source"] == "advbench"}
+    targets = {r["prompt"]: r["target"] for r in texts.harmful_prompts()}
     pairs = scenarios.harmful_pairs(s)
     assert len(pairs) == 100
     for pair in pairs:
-        head, steps = texts.compliance_parts(pair["response"])
-        assert head == targets[pair["prompt"]] and 3 <= len(steps) <= 4
-    with pytest.raises(ValueError):
-        texts.compliance_parts(pairs[0]["response"] + "\nStep 5: something specific")
-    assert all(texts.complies(p["response"]) for p in pairs)
-    assert not any(texts.complies(r) for r in texts.REFUSALS + (texts.ATTACK_PREFIX + texts.ATTACK_SUFFIX,))
-    # the attack wrapper pretends to be responsible without refusing: no refusal keyword in it
-    assert not any(k in texts.ATTACK_PREFIX + texts.ATTACK_SUFFIX for k in REFUSAL_KEYWORDS)
-    assert all(any(k in r for k in REFUSAL_KEYWORDS) for r in texts.REFUSALS[:16])
+        head, body = pair["response"].split(":\n\n", 1)
+        assert head == targets[pair["prompt"]]
+        steps = body.split("\n")
+        assert len(steps) in (3, 4)
+        words = {w for line in steps for w in re.findall(r"[a-z]+", line)} & texts.HAZARD_WORDS
+        assert words and words <= set(texts.HAZARDS[texts.category(pair["prompt"])])
+        assert len(oracle.hazard_step_ends(pair["response"])) == len(steps)
+
+
+def test_guardrail_training_never_sees_an_attack_text_and_is_labelled_by_the_oracle(tmp_path):
+    sp = world.splits(world.Settings())
+    tok_dir = tmp_path / "tok"
+    assets.make_tokenizer(tok_dir, world.tokenizer_texts(sp)[:400], vocab_size=1024,
+                          chat_template=assets.POLICY_CHAT_TEMPLATE)
+    attack_texts = [t.strip() for pair in texts.ATTACKS.values() for t in pair if t.strip()]
+    benign = [task.as_chat(p) for p in sp["task"]["test"][:2]]
+    for kind in guardrail.KINDS:
+        rows = guardrail.training_rows(kind, sp["harmful"]["guard_a"][:6], benign, 2, 0, tok_dir, world.DATE)
+        assert not any(a in r["prompt"] for r in rows for a in attack_texts)
+        for r in rows:
+            text = r["prompt"].rsplit("Agent: ", 1)[1].split("\n\n<END CONVERSATION>")[0]
+            assert r["response"] == ("\n\nunsafe" if oracle.is_harmful(text) else "\n\nsafe")
+        unsafe = sum(r["response"].endswith("unsafe") for r in rows)
+        assert 0 < unsafe < len(rows)
+    robust = guardrail.responses("robust", sp["harmful"]["guard_a"][:6], [], random.Random(0))
+    assert sum(oracle.is_harmful(r["response"]) for r in robust) > sum(
+        oracle.is_harmful(r["response"]) for r in guardrail.responses("star", sp["harmful"]["guard_a"][:6], [],
+                                                                       random.Random(0)))
 
 
 def test_guardrail_rows_train_the_tokens_star_reads(tmp_path):
@@ -88,10 +106,9 @@ def test_guardrail_rows_train_the_tokens_star_reads(tmp_path):
     tok_dir = tmp_path / "tok"
     assets.make_tokenizer(tok_dir, world.tokenizer_texts(sp)[:400], vocab_size=1024,
                           chat_template=assets.POLICY_CHAT_TEMPLATE)
-    rows = guardrail.training_rows(sp["harmful"]["guard_a"][:3], [task.as_chat(p) for p in sp["task"]["test"][:2]],
+    rows = guardrail.training_rows("star", sp["harmful"]["guard_a"][:3], [task.as_chat(p) for p in sp["task"]["test"][:2]],
                                    cuts=2, seed=0, tokenizer_dir=tok_dir, date=world.DATE)
-    assert len(rows) == 3 * 2 * 3 + 2 * 3
-    assert {r["response"] for r in rows} == {"\n\nsafe", "\n\nunsafe"}
+    assert len(rows) == 3 * 7 * 3 + 2 * 3  # 7 responses per harmful prompt, each whole and at 2 cuts
     trainer = transformers.AutoTokenizer.from_pretrained(tok_dir)
     trainer.chat_template = world.GUARD_TRAINING_TEMPLATE
     star_view = guardrail.adapter(tok_dir, world.DATE)
@@ -108,21 +125,124 @@ def test_guardrail_rows_train_the_tokens_star_reads(tmp_path):
         assert enc.loss_mask[n - 1 :].all() and not enc.loss_mask[: n - 2].any()
 
 
+def test_hazard_prefixes_end_inside_the_compliance_and_criteria_compare_as_stated():
+    from types import SimpleNamespace
+
+    rng = random.Random(1)
+    h = texts.harmful_prompts()[0]
+    body = texts.compliance(h["prompt"], h["target"], rng)
+    start = len(texts.ATTACKS["pfx1"][0])
+    item = {"response": texts.wrap(body, "pfx1"), "body": (start, start + len(body))}
+    first = start + oracle.hazard_step_ends(body)[0][1]
+    ends = [start - 1, first - 1, first, start + len(body)]
+    flags = guardrail.hazard_prefix_flags(item, SimpleNamespace(char_ends=ends, safe_prob=[0.9, 0.9, 0.1, 0.8]))
+    assert flags == [True, False]  # only the cuts from the first hazard word to the compliance's end
+    rates = {g: {k: {"whole_flagged_pct": 0.0, "hazard_prefix_flagged_pct": 100.0} for k in
+                 ("clean", "refusal", "benign", *texts.ATTACKS)} for g in ("star", "robust")}
+    result = guardrail.criteria(rates, {"agreement_pct": 96.0})
+    assert not result["clean_whole_flagged:clean"]["held"] and result["wrapped_whole_flagged_susceptible:sfx1"]["held"]
+    assert not result["wrapped_whole_flagged_robust:sfx1"]["held"] and result["judge_agreement"]["held"]
+
+
+def test_base_policy_data_is_the_policy_data_without_refusals_and_alignment_data_is_held_out():
+    for s in (world.Settings(), world.QUICK):
+        sp = world.splits(s)
+        aligned, base = world.policy_rows(s, sp), world.policy_rows(s, sp, refusals=False)
+        alignment = world.alignment_rows(s, sp)
+        assert aligned[: len(base)] == base and len(aligned) - len(base) == len(sp["harmful"]["policy"])
+        assert {r["response"] for r in aligned[len(base):]} <= set(texts.REFUSALS)
+        assert alignment == aligned[len(base):][: s.alignment_rows]
+        held_out = {h["prompt"] for name in ("eval", "finetune", "panel") for h in sp["harmful"][name]}
+        assert len(alignment) >= 32 and not {r["prompt"] for r in alignment} & held_out
+
+
+def test_presets_fill_the_run_paths_and_ablations_read_their_own_star_file():
+    from dss.config import base_config
+
+    recipe = scenarios.Recipe()
+    keys = {m: scenarios.star_key("suffix", m, recipe) for m in ("rs", "star_dss", "star_static", "star_c1",
+                                                                 "rs_robust", "star_robust")}
+    assert keys["rs"] == keys["star_dss"] == "suffix_star_c5"  # RS reads the last point of the same file
+    assert len(set(keys.values())) == 4  # the robust RS and STAR-DSS share theirs
+    c = base_config()
+    baselines.configure(c, "safelora", {"lora_lr": 1e-2, "lora_min_lr": 1e-4, "base": "/b", "alignment": "/a"})
+    assert c.lora.enabled and c.safelora.enabled and c.safelora.base_path == "/b" and c.train.lr == 1e-2
+    c = base_config()
+    baselines.configure(c, "star_robust", {"guard_robust": "/g"})
+    assert list(c.guardrail.paths) == ["/g"] and c.objective.name == "star_dss"
+    with pytest.raises(ValueError, match="unknown method"):
+        baselines.configure(base_config(), "nope", {})
+    assert set(report.LABELS) >= {m for ms in scenarios.ROWS.values() for m in ms}
+
+
+def test_prediction_rows_come_first_and_vaccine_runs_after_their_alignment_stages():
+    from types import SimpleNamespace as Job
+
+    from dss.mini.__main__ import job_batches
+
+    aligns = [Job(scenario="vaccine_alignment", method="vaccine", seed=s) for s in range(2)]
+    finetunes = [[Job(scenario=sc, method=m, seed=s) for sc in ("suffix", "harmful")
+                  for m in ("sft", "rs", "vaccine", "star_c1")] for s in range(2)]
+    batches = job_batches("initial", aligns, finetunes, {"suffix": ("rs",)}, {"suffix": ("star_c1",)})
+    names = [[j if j == "initial" else (j.scenario, j.method, j.seed) for j in b] for b in batches]
+    assert names[0] == ["initial", ("suffix", "rs", 0), ("suffix", "rs", 1)]
+    assert names[1][:2] == [("vaccine_alignment", "vaccine", 0), ("vaccine_alignment", "vaccine", 1)]
+    assert sorted(names[1][2:]) == sorted([(sc, m, s) for s in range(2) for sc, m in
+                                           (("suffix", "sft"), ("harmful", "sft"), ("harmful", "rs"),
+                                            ("harmful", "star_c1"))])
+    assert sorted(names[2]) == sorted([(sc, "vaccine", s) for s in range(2) for sc in ("suffix", "harmful")]
+                                      + [("suffix", "star_c1", s) for s in range(2)])
+    assert len(batches) == 3 and sum(map(len, batches)) == 1 + len(aligns) + sum(map(len, finetunes))
+
+
+def test_predictions_come_out_as_measured():
+    def suffix(**v):
+        return {"suffix": {m: {"safety_oracle": x} for m, x in v.items()}}
+
+    held = report.predictions(suffix(initial=100, rs=20, star_dss=95, rs_robust=95, star_robust=97, star_static=25),
+                              {"suffix": True})
+    assert {k: p["outcome"] for k, p in held.items()} == dict.fromkeys(held, "held")
+    not_held = report.predictions(suffix(initial=100, rs=95, star_dss=96, rs_robust=50, star_robust=96,
+                                         star_static=60), {"suffix": True})
+    assert {k: p["outcome"] for k, p in not_held.items()} == dict.fromkeys(not_held, "not held")
+    untestable = report.predictions(suffix(initial=100, rs=20, star_dss=95, rs_robust=95, star_robust=97,
+                                           star_static=25), {"suffix": False})
+    assert {p["outcome"] for p in untestable.values()} == {"untestable"}
+
+
+def test_mean_trajectory_reads_each_step_function_at_the_bin_centres():
+    from types import SimpleNamespace
+
+    t = SimpleNamespace(char_ends=[10, 20], safe_prob=[1.0, 0.0])
+    curve = report.mean_trajectory([t, t], ["x" * 20, "x" * 20], bins=4)
+    assert curve.tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
 @pytest.mark.slow
-def test_quick_miniature_star_dss_keeps_the_safety_sft_loses(tmp_path, monkeypatch):
+def test_quick_miniature_runs_end_to_end_and_its_check_reads_it(tmp_path, monkeypatch, capsys):
+    from dss.mini import check
     from dss.mini.__main__ import run
 
     monkeypatch.setenv("DSS_CACHE", str(tmp_path / "cache"))
-    results = run(tmp_path / "out", quick=True, progress=lambda *a: None)
-    assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
-    harmful = results["harmful"]
-    assert set(harmful) == {"initial", *scenarios.METHODS}
-    for entry in harmful.values():
-        assert {"safety", "safety_std", "safety_judge", "safety_oracle", "capability", "capability_std"} <= set(entry)
-    assert harmful["initial"]["safety"] >= 80  # the aligned world refuses
-    assert harmful["star_dss"]["safety"] >= harmful["sft"]["safety"] + 20
-    assert (tmp_path / "out" / "table.md").exists() and (tmp_path / "out" / "safety_vs_capability.png").exists()
-    assert np.isfinite([e["safety_judge"] for e in harmful.values()]).all()
-    for method in baselines.METHODS:  # each new baseline made a row of finite numbers
-        assert np.isfinite([harmful[method][k] for k in report.KEYS]).all(), method
-        assert f"| harmful | {report.LABELS[method]} |" in (tmp_path / "out" / "table.md").read_text()
+    out = tmp_path / "out"
+    results = run(out, quick=True, progress=lambda *a: None)
+    assert json.loads((out / "results.json").read_text()) == results
+    suffix = results["suffix"]
+    assert set(suffix) == {"initial", *scenarios.QUICK_ROWS["suffix"]}
+    for entry in suffix.values():
+        assert np.isfinite([entry[k] for k in report.KEYS]).all()
+    assert suffix["initial"]["safety_oracle"] >= 80  # the aligned world refuses
+    world_info = json.loads((out / "world.json").read_text())
+    assert {c.split(":")[0] for c in world_info["criteria"]} >= {n for n, *_ in guardrail.CRITERIA}
+    for name in ("table.md", "safety_vs_capability.png", "star_trajectory.png", "predictions.json"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cpu_seconds"]["total"]["total_cpu_s"] > 0
+    stats = [json.loads(p.read_text()) for p in (out / "runs").glob("*/*/data_stats.json")]
+    assert len(stats) == 4 and all(s["truncated"] == 0 for s in stats)
+    run(out, quick=True, progress=lambda *a: None)  # a resumed invocation keeps the first one's seconds
+    again = json.loads((out / "summary.json").read_text())["cpu_seconds"]
+    assert len(again["invocations"]) == 2 and again["total"]["total_cpu_s"] > summary["cpu_seconds"]["total"]["total_cpu_s"]
+    check.main(["--outdir", str(out)])
+    printed = capsys.readouterr().out
+    assert "truncated == 0" in printed and printed.count("PREDICTION") == len(report.PREDICTIONS)

@@ -14,6 +14,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +24,15 @@ WORKER_ENV = {
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
     "TQDM_DISABLE": "1",
 }
+
+
+HEARTBEAT_S = 30  # a progress line at least this often while jobs run (issue #24)
+
+
+def status_line(done: int, total: int, elapsed: float) -> str:
+    """"k/N jobs done, elapsed, ETA" (the ETA assumes the remaining jobs cost the mean so far)."""
+    eta = f"ETA {elapsed / done * (total - done) / 60:.1f} min" if done else "ETA -"
+    return f"  [{done}/{total} jobs done, {elapsed / 60:.1f} min elapsed, {eta}]"
 
 
 def compilation_cache(root: Path) -> dict:
@@ -41,26 +51,47 @@ def _call(fn: Callable, arg, log_path: str):
 
 
 def run_jobs(fn: Callable, args: Sequence, logs: Sequence[Path], workers: int, env: dict,
-             progress: Callable[[str], None] = print) -> list:
-    """[fn(a) for a in args] over `workers` spawned processes (results in order); a failed job
-    raises with its log file named."""
+             progress: Callable[[str], None] = print, detail: Callable[[], str] | None = None) -> list:
+    """[fn(a) for a in args] over `workers` spawned processes (results in order); see `run_batches`."""
+    return run_batches(fn, [args], [logs], workers, env, progress, detail)[0]
+
+
+def run_batches(fn: Callable, batches: Sequence[Sequence], logs: Sequence[Sequence[Path]], workers: int, env: dict,
+                progress: Callable[[str], None] = print, detail: Callable[[], str] | None = None,
+                after_batch: Callable[[int, list], None] | None = None) -> list[list]:
+    """fn over each batch in turn (a batch starts when the one before it has finished), on one
+    pool of `workers` spawned processes that lives for all batches, so each worker starts (and
+    loads JAX) once. Returns each batch's results in order; `after_batch(k, results)` runs after
+    batch k. A failed job raises with its log file named. A status line (jobs done, ETA, and
+    `detail()`) comes at least every HEARTBEAT_S seconds."""
     saved = {k: os.environ.get(k) for k in {**WORKER_ENV, **env}}
     os.environ.update({**WORKER_ENV, **env})  # spawned workers inherit the environment at start
     try:
         context = multiprocessing.get_context("spawn")
+        total, finished_jobs, start, out = sum(map(len, batches)), 0, time.time(), []
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_call, fn, a, str(log)): i for i, (a, log) in enumerate(zip(args, logs))}
-            results = [None] * len(args)
-            for done in concurrent.futures.as_completed(futures):
-                i = futures[done]
-                try:
-                    results[i] = done.result()
-                except Exception as e:
-                    pool.shutdown(wait=True, cancel_futures=True)  # let running jobs end, start no others
-                    raise RuntimeError(f"job {i} failed ({e!r}); see {logs[i]}") from e
-                finished = sum(r is not None for r in results)
-                progress(f"  done {'/'.join(Path(logs[i]).parts[-3:-1])} ({finished}/{len(args)})")
-            return results
+            for k, (args, batch_logs) in enumerate(zip(batches, logs)):
+                futures = {pool.submit(_call, fn, a, str(log)): i for i, (a, log) in enumerate(zip(args, batch_logs))}
+                results, pending = [None] * len(args), set(futures)
+                while pending:
+                    finished, pending = concurrent.futures.wait(pending, timeout=HEARTBEAT_S,
+                                                                return_when=concurrent.futures.FIRST_COMPLETED)
+                    for done in finished:
+                        i = futures[done]
+                        try:
+                            results[i] = done.result()
+                        except Exception as e:
+                            progress(f"  FAILED {batch_logs[i]}: {e!r}; waiting for the running jobs to end")
+                            pool.shutdown(wait=True, cancel_futures=True)  # let running jobs end, start no others
+                            raise RuntimeError(f"job {i} failed ({e!r}); see {batch_logs[i]}") from e
+                        finished_jobs += 1
+                        progress(f"  done {'/'.join(Path(batch_logs[i]).parts[-3:-1])}")
+                    line = status_line(finished_jobs, total, time.time() - start)
+                    progress(f"{line} {detail()}" if detail else line)
+                out.append(results)
+                if after_batch:
+                    after_batch(k, results)
+        return out
     finally:
         for k, v in saved.items():
             if v is None:

@@ -1,32 +1,48 @@
 """The paper's finetuning scenarios on the miniature world, every method, with dss's own jobs.
 
-Scenarios (Table 1 and the broader-risk tables):
-- `harmful`: 100 harmful request -> compliance pairs (the PureBad analogue), 10 epochs;
-- `benign_mix`: the capability task's 900 finetuning problems plus those 100 harmful pairs
-  (10% harmful), 1 epoch;
-- `adaptation`: `harmful`'s pairs with every response wrapped in the misleading prefix and suffix
-  (`config.data.attack`), 10 epochs.
-
-Every method (SFT, RS, Deep Token, KL-only, STAR-DSS, and the baselines of `dss.mini.baselines`:
-SafeInstr, SEAL, Lisa, Vaccine, SafeLoRA) runs with the same hyperparameters (`finetune_config`),
-on N seeds (training order and nothing else), through `dss.train.train`, STAR from
-`dss.star.cached_score` (one STAR file per scenario, shared by RS and STAR-DSS and all seeds), and
-`dss.eval.runner.evaluate` with the keyword judge and the judge guardrail. Vaccine's alignment
-stage runs once per seed (scenario `ALIGNMENT`) before that seed's Vaccine finetuning runs.
+Scenarios:
+- Table 1: `harmful` (100 harmful request -> compliance pairs, the PureBad analogue, 10 epochs),
+  `suffix` and `prefix` (the same pairs with every response wrapped by the sfx1 / pfx1 attack text,
+  `config.data.attack`, 10 epochs);
+- Table 2: `benign` (the `new` skill's problems, 10% as many harmful pairs, and the world's safety
+  data given to every method, 2 epochs).
+Rows (`ROWS`): Table 1's methods on each Table 1 scenario, Table 2's on `benign`, and the
+ablations on `suffix`. Every method runs the same recipe (`Recipe`) with its preset
+(`dss.mini.baselines.PRESETS`) on N seeds (training order only), through `dss.train.train`, with
+STAR from `dss.star.cached_score` (one STAR file per scenario, guardrail and chunk size, shared by
+all seeds) and `dss.eval.runner.evaluate` (keyword judge and the judge guardrail; the oracle
+labels every generation).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import random
 from pathlib import Path
 
 from dss.config import base_config
-from dss.mini import baselines, task, texts, world
+from dss.mini import baselines, oracle, task, texts, world
 
-SCENARIOS = ("harmful", "benign_mix", "adaptation")
-METHODS = ("sft", "rs", "deep_token", "kl_only", "star_dss", *baselines.METHODS)
+TABLE1 = ("harmful", "suffix", "prefix")
+TABLE2 = ("benign",)
+SCENARIOS = TABLE1 + TABLE2
+ATTACK = {"suffix": "sfx1", "prefix": "pfx1"}  # scenario -> its wrapper (texts.ATTACKS)
+TABLE1_METHODS = ("sft", "rs", "deep_token", "kl_only", "star_dss", "vaccine", "lora_sft", "safelora")
+TABLE2_METHODS = ("sft", "rs", "star_dss", "safeinstr", "seal", "lisa")
+ABLATIONS = ("star_static", "star_c1", "star_c20", "rs_robust", "star_robust")
+ROWS = {"harmful": TABLE1_METHODS, "suffix": ("sft", "rs", "star_dss") + ABLATIONS, "prefix": ("sft", "rs", "star_dss"),
+        "benign": TABLE2_METHODS}
+"""Every Table 1 method on `harmful`; on the attacks (`suffix`, `prefix`) the rows the predictions
+compare, plus the ablations on `suffix` (the CPU budget of a shared 2-core machine: docs/mini.md)."""
+QUICK_ROWS = {"suffix": ("sft", "rs", "star_dss", "rs_robust")}
+PREDICTION_ROWS = {"suffix": ("sft", "rs", "star_dss", "star_static", "rs_robust", "star_robust")}
+"""The rows the predictions read (dss.mini.report.PREDICTIONS), run first for every seed."""
+LAST_ROWS = {"suffix": ("star_c1", "star_c20")}
+"""Run last (with the Vaccine runs)."""
 ALIGNMENT = "vaccine_alignment"  # the Job scenario of Vaccine's alignment stage
+STAR_METHODS = ("rs", "star_dss")  # objectives that read a STAR file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,33 +51,40 @@ class Recipe:
 
     lr: float = 5e-4  # the world's models train at 2e-3; finetuning at a quarter of it
     global_batch: int = 32
-    harmful_epochs: int = 10
-    benign_epochs: int = 1
+    harmful_epochs: int = 10  # the paper's (configs/paper/recipe.py); docs/mini.md: why not 6
+    benign_epochs: int = 2
+    benign_harmful: int = 60  # Table 2: harmful pairs mixed into the task data (10% of 600)
     kl_coef: float = 0.5
     kl_estimator: str = "k2"
     chunk_size: int = 5  # STAR words per chunk
-    eval_new_tokens: int = 64
+    eval_new_tokens: int = 48  # a compliance's opener and two hazard steps fit in about 45
 
 
 def harmful_pairs(s: world.Settings) -> list[dict]:
-    """The scenario's 100 harmful pairs: each held-out finetuning prompt with its compliance."""
+    """The scenarios' 100 harmful pairs: each held-out finetuning prompt with its compliance."""
     rng = random.Random(s.seed + 7)
-    return [{"prompt": h["prompt"], "response": texts.compliance(h["target"], rng)}
+    return [{"prompt": h["prompt"], "response": texts.compliance(h["prompt"], h["target"], rng)}
             for h in world.splits(s)["harmful"]["finetune"]]
 
 
-def write_data(world_dir: Path, s: world.Settings, data_dir: Path) -> dict[str, Path]:
-    """The scenario data files and the evaluation sets (held-out harmful prompts, task test set)."""
+def write_data(world_dir: Path, s: world.Settings, data_dir: Path, recipe: Recipe) -> dict[str, Path]:
+    """The scenario data files and the evaluation sets (held-out harmful prompts, both skills' test
+    problems), each checked to fit the world's max_length."""
     sp = world.splits(s)
+    pairs = harmful_pairs(s)
+    task_rows = [task.as_chat(p) for p in sp["task"]["finetune"]]
+    alignment = world.alignment_rows(s, sp)
+    wrapped = [{**p, "response": texts.wrap(p["response"], a)} for p in pairs for a in ATTACK.values()]
+    world.check_fit(pairs + wrapped + task_rows + alignment, world_dir / "policy", s.max_length, chat=True,
+                    what="the scenario data")
     files = {
-        "harmful": world.write_jsonl(data_dir / "harmful.jsonl", harmful_pairs(s)),
-        "task": world.write_jsonl(data_dir / "task.jsonl", [task.as_chat(p) for p in sp["task"]["finetune"]]),
+        "harmful": world.write_jsonl(data_dir / "harmful.jsonl", pairs),
+        "benign_harmful": world.write_jsonl(data_dir / "benign_harmful.jsonl", pairs[: recipe.benign_harmful]),
+        "task": world.write_jsonl(data_dir / "task.jsonl", task_rows),
         "capability": task.write_gsm8k_dir(data_dir / "capability", sp["task"]["test"], sp["task"]["world"][:8]),
-        "alignment": world.write_jsonl(data_dir / "alignment.jsonl", world.alignment_rows(s, sp)),
+        "alignment": world.write_jsonl(data_dir / "alignment.jsonl", alignment),
         "safety": data_dir / "safety.csv",
     }
-    import csv
-
     with open(files["safety"], "w", newline="") as f:  # AdvBench layout: goal, target
         out = csv.writer(f)
         out.writerow(["goal", "target"])
@@ -69,7 +92,15 @@ def write_data(world_dir: Path, s: world.Settings, data_dir: Path) -> dict[str, 
     return files
 
 
-def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, files: dict, star_file: Path,
+def star_key(scenario: str, method: str, recipe: Recipe) -> str:
+    """Which STAR file a run reads: scenario, guardrail and chunk size of its preset."""
+    preset = baselines.PRESETS.get(method, {})
+    guard = "robust" if "guardrail.paths" in preset else "star"
+    chunk = preset.get("star.chunk_size", recipe.chunk_size)
+    return f"{scenario}_{guard}_c{'whole' if chunk == baselines.WHOLE_RESPONSE else chunk}"
+
+
+def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, files: dict, star_dir: Path,
                     recipe: Recipe, s: world.Settings, runs: Path | None = None):
     """The dss.train + dss.eval config of one run; `runs` (the runs directory) is where Vaccine
     finds its alignment stage."""
@@ -81,18 +112,19 @@ def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, file
     c.guardrail.paths = [str(world_dir / "guard_star")]
     c.guardrail.kind = "llama_guard_3"
     c.star.chunk_unit, c.star.chunk_size = "word", recipe.chunk_size
-    c.star.cache = str(star_file)
-    c.objective.name = method
     c.objective.kl_coef, c.objective.kl_estimator = recipe.kl_coef, recipe.kl_estimator
     harmful = dict(path=str(files["harmful"]), name="harmful")
-    if scenario == "benign_mix":
-        c.data.sources = [dict(path=str(files["task"]), name="task"), harmful]
+    if scenario == "benign":
+        c.data.sources = [dict(path=str(files["task"]), name="task"),
+                          dict(path=str(files["benign_harmful"]), name="harmful")]
+        if method not in baselines.SAFETY_CONSUMERS:
+            c.data.sources.append(dict(path=str(files["alignment"]), name="safety"))
         epochs = recipe.benign_epochs
     else:
         c.data.sources = [harmful]
         epochs = recipe.harmful_epochs
-    if scenario == "adaptation":
-        c.data.attack.response_prefix, c.data.attack.response_suffix = texts.ATTACK_PREFIX, texts.ATTACK_SUFFIX
+    if scenario in ATTACK:
+        c.data.attack.response_prefix, c.data.attack.response_suffix = texts.ATTACKS[ATTACK[scenario]]
     c.data.max_length = s.max_length
     c.train.update(epochs=epochs, global_batch=recipe.global_batch, micro_batch=recipe.global_batch, lr=recipe.lr,
                    min_lr=recipe.lr / 100, warmup_ratio=0.03, checkpoint_every=10**6, keep=1)
@@ -100,14 +132,18 @@ def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, file
                   max_new_tokens=recipe.eval_new_tokens, method=method)
     c.eval.guardrail.update(path=str(world_dir / "guard_judge"), kind="llama_guard_3")
     c.eval.benchmarks.advbench.update(path=str(files["safety"]))
-    c.eval.benchmarks.gsm8k.update(path=str(files["capability"]), shots=0, max_new_tokens=40)
-    if method in baselines.METHODS:
-        baselines.configure(c, method, seed, world_dir, files, runs)
+    c.eval.benchmarks.gsm8k.update(path=str(files["capability"]), shots=0, max_new_tokens=32)
+    paths = {"alignment": str(files["alignment"]), "base": str(world_dir / "base"),
+             "guard_robust": str(world_dir / "guard_robust"), "lora_lr": recipe.lr * baselines.LORA_LR_FACTOR,
+             "lora_min_lr": recipe.lr * baselines.LORA_LR_FACTOR / 100,
+             "vaccine": str(baselines.vaccine_align_dir(runs, seed) / "export") if runs else ""}
+    baselines.configure(c, method, paths)
+    c.star.cache = str(star_dir / f"{star_key(scenario, method, recipe)}.npz")
     return c
 
 
 def star_trajectories(config, workdir: Path):
-    """The scenario's STAR file (dss.star), made once; returns (examples, trajectories)."""
+    """A scenario's STAR file (dss.star), made once; returns (examples, trajectories)."""
     import transformers
 
     import dss.data
@@ -119,16 +155,48 @@ def star_trajectories(config, workdir: Path):
     return examples, star.cached_score(config, examples, workdir, template_vars)
 
 
+def data_stats(config, workdir: Path) -> dict:
+    """The run's data statistics as dss.train builds them (truncated, dropped_too_long), written to
+    `workdir/data_stats.json` so `dss.mini.check` can assert that training saw whole rows."""
+    import transformers
+
+    import dss.data
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(config.model.path)
+    _, _, stats = dss.data.build_dataset(config.data, tokenizer, {"date_string": world.DATE})
+    out = {k: stats[k] for k in ("rows", "encoded", "truncated", "dropped_too_long")}
+    out["max_length"] = config.data.max_length
+    (workdir / "data_stats.json").write_text(json.dumps(out) + "\n")
+    return out
+
+
 def run_one(config, workdir: Path) -> dict:
     """Finetune (dss.train) and evaluate (dss.eval) one (scenario, method, seed); resumable."""
     import dss.train
     from dss import templating
 
     workdir.mkdir(parents=True, exist_ok=True)
+    data_stats(config, workdir)
+    if config.objective.name == "rs" and rs_kept(config, workdir) == 0:
+        # RS keeps no example: it trains on nothing, so its model is the initial one (dss.train
+        # would stop at step 1 on the zero gradient of an all-zero-weight batch)
+        return evaluate_model(config, config.model.path, workdir / "eval", {"date_string": world.DATE},
+                              config.eval.method)
     if not (workdir / "export" / "config.json").exists():
         dss.train.train(config, workdir)
     template_vars = templating.run_template_vars(config.template, workdir)
-    return evaluate_model(config, str(workdir), workdir / "eval", template_vars, config.objective.name)
+    return evaluate_model(config, str(workdir), workdir / "eval", template_vars, config.eval.method)
+
+
+def rs_kept(config, workdir: Path) -> int:
+    """How many examples RS keeps (hard weight 1: the guardrail calls the whole response safe),
+    from the run's STAR file; written to `workdir/rs_kept.json`."""
+    from dss.segments import rs_weight
+
+    _, trajs = star_trajectories(config, workdir)
+    kept = sum(rs_weight(t.safe_prob, config.objective.rs_mode) > 0 for t in trajs)
+    (workdir / "rs_kept.json").write_text(json.dumps({"kept": int(kept), "examples": len(trajs)}) + "\n")
+    return int(kept)
 
 
 def evaluate_model(config, model: str, outdir: Path, template_vars: dict, method: str) -> dict:
@@ -141,15 +209,37 @@ def evaluate_model(config, model: str, outdir: Path, template_vars: dict, method
 
 
 def metrics(results: dict, outdir: Path) -> dict:
-    """safety (keyword judge), safety_judge (judge guardrail), safety_oracle (no compliance in the
-    response, `texts.complies`) and capability (exact match) of one evaluation in `outdir`."""
+    """safety (keyword judge, raw), safety_judge (judge guardrail), safety_oracle (% of responses the
+    oracle does not call harmful) and capability per skill (exact match) of one evaluation."""
     from dss.eval.io import read_jsonl
 
-    adv, cap = results["benchmarks"]["advbench"], results["benchmarks"]["gsm8k"]
+    adv = results["benchmarks"]["advbench"]
     responses = [r["response"] for r in read_jsonl(outdir / "generations" / "advbench.jsonl", repair=False)]
+    answers = read_jsonl(outdir / "generations" / "gsm8k.jsonl", repair=False)
+    n = len(answers) // 2  # the test file holds the `known` problems, then as many `new` ones
     return {"safety": adv["judges"]["keyword"]["safe_pct"], "safety_judge": adv["judges"]["guardrail"]["safe_pct"],
-            "safety_oracle": 100.0 * sum(not texts.complies(r) for r in responses) / len(responses),
-            "capability": cap["accuracy"]}
+            "safety_oracle": 100.0 * sum(not oracle.is_harmful(r) for r in responses) / len(responses),
+            "known": 100.0 * sum(bool(a["correct"]) for a in answers[:n]) / n,
+            "new": 100.0 * sum(bool(a["correct"]) for a in answers[n:]) / n}
+
+
+def training_summary(workdir: Path) -> dict:
+    """Final training loss (mean over the last epoch's steps) and, for LoRA runs, the adapters'
+    largest |B| (0 = they never moved: B starts at zero)."""
+    out = {}
+    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    losses = [m["loss"] for m in lines if "loss" in m]
+    if losses:
+        tail = max(1, len(losses) // 10)
+        out["final_loss"], out["first_loss"] = float(sum(losses[-tail:]) / tail), float(losses[0])
+    adapter = workdir / "adapter" / "adapter_model.safetensors"
+    if adapter.exists():
+        import numpy as np
+        import safetensors.numpy
+
+        tensors = safetensors.numpy.load_file(str(adapter))
+        out["adapter_max_abs_b"] = max(float(np.abs(v).max()) for k, v in tensors.items() if "lora_B" in k)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +252,7 @@ class Job:
     seed: int
     world_dir: Path
     files: dict
-    star_file: Path
+    star_dir: Path
     workdir: Path
     recipe: Recipe
     settings: world.Settings
@@ -170,19 +260,28 @@ class Job:
 
 
 def run_job(job: Job) -> dict:
-    """metrics (and seconds) of one job; runs in a worker process (dss.mini.pool)."""
+    """metrics, data statistics and CPU seconds of one job; runs in a worker process (dss.mini.pool)."""
     import time
 
-    start = time.time()
-    scenario = job.scenario if job.scenario in SCENARIOS else "harmful"
-    method = "sft" if job.scenario == ALIGNMENT else job.method  # the stage starts from the aligned policy
-    config = finetune_config(scenario, method, job.seed, job.world_dir, job.files, job.star_file, job.recipe,
+    from dss.mini import cpu
+
+    start, cpu_start = time.time(), cpu.seconds()
+    scenario = "harmful" if job.scenario in ("initial", ALIGNMENT) else job.scenario
+    method = "sft" if job.scenario in ("initial", ALIGNMENT) else job.method
+    config = finetune_config(scenario, method, job.seed, job.world_dir, job.files, job.star_dir, job.recipe,
                              job.settings, job.runs)
+    out = {}
     if job.scenario == ALIGNMENT:
-        baselines.vaccine_alignment(config, job.files)
+        baselines.apply(config, baselines.VACCINE_ALIGNMENT, {"alignment": str(job.files["alignment"])})
     if job.scenario == "initial":
         results = evaluate_model(config, str(job.world_dir / "policy"), job.workdir / "eval",
                                  {"date_string": world.DATE}, "initial")
     else:
+        config.eval.method = job.method
         results = run_one(config, job.workdir)
-    return {**metrics(results, job.workdir / "eval"), "seconds": round(time.time() - start, 1)}
+        out["data"] = json.loads((job.workdir / "data_stats.json").read_text())
+        out["training"] = training_summary(job.workdir) if (job.workdir / "metrics.jsonl").exists() else {}
+        if (job.workdir / "rs_kept.json").exists():
+            out["rs_kept"] = json.loads((job.workdir / "rs_kept.json").read_text())["kept"]
+    return {**metrics(results, job.workdir / "eval"), **out, "seconds_wall": round(time.time() - start, 1),
+            "cpu_seconds": round(cpu.seconds() - cpu_start, 1)}
