@@ -29,7 +29,10 @@ setup(
     ],
     extras_require={
         # torch is only the parity oracle; 2.13.0 is the CPU wheel the test machines carry
-        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.21"],  # peft: loading our PEFT-layout adapters
+        "test": ["pytest>=8", "torch==2.13.0", "peft>=0.21",  # peft: loading our PEFT-layout adapters
+                 "jax[tpu]==0.10.2; sys_platform == 'linux'", "libtpu==0.0.42.1; sys_platform == 'linux'",  # dss.plan's tests: TPU compiles, no chip
+                 # the real Llama 3 / Mistral tokenizers and their oracles (tests/real_tokenizers.py)
+                 "llama-models==0.3.0", "mistral-common[sentencepiece]==1.13.1", "tiktoken==0.14.0"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
     },

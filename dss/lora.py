@@ -60,18 +60,24 @@ def adapter_axes(kernel_axes: tuple, target: str) -> tuple[tuple, tuple]:
 def init(cfg, model: Transformer, seed: int, mesh=None) -> dict:
     """Fresh adapters {target: {"a", "b"}} in the kernels' dtype, placed by `dss.sharding.RULES`
     on `mesh`: a uniform in +-1/sqrt(fan_in) (PEFT's kaiming-uniform with a = sqrt(5)), b zero.
-    Drawn on the host from `seed` and the target, so every host draws the same."""
-    on_mesh = lambda x, axes: None if mesh is None else sharding.named_sharding(axes, x.shape, mesh)
+    Drawn on the host from `seed` and the target, so every host draws the same. For an abstract
+    model (`dss.plan`), ShapeDtypeStructs with those shapes, dtypes and shardings."""
+    on_mesh = lambda shape, axes: None if mesh is None else sharding.named_sharding(axes, shape, mesh)
     weights = {}
     for target in cfg.targets:
         w = kernel(model, target)
         n = 1 + _in_dims(target)
         a_axes, b_axes = adapter_axes(w.get_metadata()["logical_axes"], target)
+        a_shape, b_shape = (*w.shape[:n], cfg.rank), (w.shape[0], cfg.rank, *w.shape[n:])
+        if isinstance(w.get_value(), jax.ShapeDtypeStruct):
+            weights[target] = {"a": jax.ShapeDtypeStruct(a_shape, w.dtype, sharding=on_mesh(a_shape, a_axes)),
+                               "b": jax.ShapeDtypeStruct(b_shape, w.dtype, sharding=on_mesh(b_shape, b_axes))}
+            continue
         bound = 1.0 / math.sqrt(math.prod(w.shape[1:n]))  # fan_in: the kernel's input size
         rng = np.random.default_rng([seed, LORA_TARGETS.index(target)])
-        a = rng.uniform(-bound, bound, (*w.shape[:n], cfg.rank)).astype(w.dtype)
-        b = np.zeros((w.shape[0], cfg.rank, *w.shape[n:]), w.dtype)
-        weights[target] = {"a": place(a, on_mesh(a, a_axes)), "b": place(b, on_mesh(b, b_axes))}
+        a = rng.uniform(-bound, bound, a_shape).astype(w.dtype)
+        weights[target] = {"a": place(a, on_mesh(a_shape, a_axes)),
+                           "b": place(np.zeros(b_shape, w.dtype), on_mesh(b_shape, b_axes))}
     return weights
 
 

@@ -55,7 +55,9 @@ class TrainState:
     trainable_name: str = "params"
 
     def copy_trainable(self):
-        return jax.tree.map(jnp.copy, self.trainable)
+        """A copy of the trainable tree (an anchor, a reference); an abstract one (`dss.plan`) is
+        its own copy: shapes and shardings."""
+        return jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else jnp.copy(x), self.trainable)
 
     def checkpoint_trees(self) -> dict:
         return {self.trainable_name: self.trainable, "opt_state": self.opt_state, **self.extra}

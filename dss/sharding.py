@@ -77,11 +77,45 @@ def named_sharding(logical_axes, shape, mesh, rules=None) -> NamedSharding:
 
 
 def constrain(x: jax.Array, logical_axes) -> jax.Array:
-    """Sharding hint for an activation; a no-op outside a mesh context (`jax.set_mesh`)."""
+    """Sharding hint for an activation; a no-op outside a mesh context (`jax.set_mesh`): a
+    program's activation layout is only the run's when it is traced under the run's mesh (the
+    train loop and `dss.plan` trace under it)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, partition_spec(logical_axes, x.shape, mesh))
+
+
+def platform() -> str:
+    """The platform the code being traced will run on: that of the mesh set by `jax.set_mesh`
+    (a TPU topology that `dss.plan` compiles for on a CPU host), else this host's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """A global batch's layout: rows split over data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def is_abstract(tree) -> bool:
+    """Whether `tree` holds shapes only (ShapeDtypeStructs: a plan), not arrays."""
+    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
+def optimizer_state(tx, params, mesh: Mesh):
+    """`tx.init(params)` with every moment sharded like the parameter it follows and the rest (step
+    counts) replicated on `mesh`; ShapeDtypeStructs with those shardings when `params` are
+    abstract. One rule for a run and its plan (`jax.eval_shape` alone would drop the shardings)."""
+    import optax
+
+    shapes = jax.eval_shape(tx.init, params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    where = optax.tree_utils.tree_map_params(tx, lambda _, p: p.sharding, shapes, params,
+                                             transform_non_params=lambda _: replicated)
+    if is_abstract(params):
+        return jax.tree.map(lambda s, w: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=w), shapes, where)
+    return jax.jit(tx.init, out_shardings=where)(params)
 
 
 def place(value: np.ndarray, where: NamedSharding | None) -> jax.Array:

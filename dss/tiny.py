@@ -3,10 +3,17 @@
 A random Llama-family policy and a random Llama-Guard-3-style guardrail (same family), each an
 HF directory with weights, config, a byte-level BPE tokenizer trained on the demo data, and its
 chat template. They exercise the whole pipeline in minutes on a laptop; their numbers mean nothing.
+
+`tiny:policy@DIR` / `tiny:guardrail@DIR` build the same tiny random model around the tokenizer in
+the directory DIR (a checkpoint's own: its vocabulary, special tokens and chat template), so a
+pipeline can be checked with a real vocabulary in a minute: `model.path = "tiny:policy@/ckpt/llama"`,
+`guardrail.paths = ["tiny:guardrail@/ckpt/llama-guard"]` (DIR's template must then be a guardrail's).
+Each tokenizer gets its own cached copy, keyed by the content of its tokenizer files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,6 +21,7 @@ import transformers
 from flax import nnx
 
 from dss import assets, cache
+from dss.errors import UserError
 from dss.atomic import atomic_dir
 from dss.models import ModelConfig, Transformer, save_pretrained
 
@@ -32,9 +40,15 @@ def _texts() -> list[str]:
     return texts + [assets.LLAMA_GUARD_3_TEMPLATE, assets.POLICY_CHAT_TEMPLATE] * 20
 
 
-def _make(out: Path, template: str, seed: int, layers: int) -> None:
+def _make(out: Path, template: str, seed: int, layers: int, tokenizer_dir: Path | None = None) -> None:
     with atomic_dir(out, keep_existing=True) as tmp:  # a process that loses the race keeps the winner's copy
-        tok = assets.make_tokenizer(tmp, _texts(), vocab_size=1024, chat_template=template)
+        if tokenizer_dir is None:
+            tok = assets.make_tokenizer(tmp, _texts(), vocab_size=1024, chat_template=template)
+        else:
+            tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+            if not tok.chat_template:
+                raise UserError(f"{tokenizer_dir}: the tokenizer has no chat template (tiny assets need one)")
+            tok.save_pretrained(tmp)
         hf = transformers.LlamaConfig(
             vocab_size=len(tok), hidden_size=64, intermediate_size=192, num_hidden_layers=layers,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -52,18 +66,41 @@ ASSETS = {
     "policy": ("policy", assets.POLICY_CHAT_TEMPLATE, 0),
     "guardrail": ("Llama-Guard-3-tiny", assets.LLAMA_GUARD_3_TEMPLATE, 1),
 }
+TOKENIZER_SEPARATOR = "@"  # tiny:<name>@<tokenizer directory>
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "tekken.json")
 
 
-def asset(name: str) -> str:
-    """Path of the tiny asset `name` (policy | guardrail), made atomically on first use. Configs
-    name it as `tiny:<name>` (resolved by `dss.hub.resolve_path`), so reading a
+def _tokenizer_digest(spec: str, tokenizer_dir: Path) -> str:
+    """A digest of the tokenizer files in `tokenizer_dir` (what the tiny model is built from)."""
+    files = [tokenizer_dir / f for f in TOKENIZER_FILES if (tokenizer_dir / f).is_file()]
+    if not files:
+        raise UserError(f"tiny:{spec}: {tokenizer_dir} holds no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def asset(spec: str) -> str:
+    """Path of the tiny asset `spec`, made atomically on first use: `policy` | `guardrail`, or
+    `<name>@<tokenizer directory>` for the same model around that directory's tokenizer and chat
+    template. Configs name it as `tiny:<spec>` (resolved by `dss.hub.resolve_path`), so reading a
     config builds nothing."""
+    name, _, tokenizer = spec.partition(TOKENIZER_SEPARATOR)
     if name not in ASSETS:
-        raise ValueError(f"tiny:{name}: unknown tiny asset; use one of {[f'tiny:{n}' for n in ASSETS]}")
+        raise UserError(f"tiny:{spec}: unknown tiny asset; use one of "
+                         f"{[f'tiny:{n}' for n in ASSETS]} (or tiny:<name>@<tokenizer directory>)")
     directory, template, seed = ASSETS[name]
+    tokenizer_dir = None
+    if tokenizer:
+        tokenizer_dir = Path(tokenizer).expanduser().resolve()
+        if not tokenizer_dir.is_dir():
+            raise UserError(f"tiny:{spec}: {tokenizer} is not a directory")
+        directory = f"{directory}-{_tokenizer_digest(spec, tokenizer_dir)}"
     path = cache_dir() / directory
     if not path.exists():
-        _make(path, template, seed=seed, layers=2)
+        _make(path, template, seed=seed, layers=2, tokenizer_dir=tokenizer_dir)
     return str(path)
 
 

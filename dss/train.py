@@ -29,7 +29,6 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -68,10 +67,7 @@ def run_training(config, workdir: Path) -> dict:
     batchers = make_batchers(run, active[0], datasets, inputs, model)
     training = config.train
     run.horizon = batchers[USER].steps_per_epoch * training.epochs  # the schedule's (max_steps may stop sooner)
-    tx, schedule = make_optimizer(training, run.horizon)
-    graphdef, params = nnx.split(model)
-    state = init_state(run, active, TrainState(params), model, tx)
-    train_step = make_train_step(graphdef, tx, active, training.global_batch // training.micro_batch, config.seed)
+    state, graphdef, train_step, schedule = build(run, active, model)
     with Loop(run, state, batchers, model.config.vocab_size) as loop:  # closed on every way out
         while loop.step < loop.total_steps and not loop.stopped:
             plans = {m.name: p for m in active if (p := m.plan_step(loop.step, state)) is not None}
@@ -139,12 +135,24 @@ def make_batchers(run: Run, objective, datasets: dict[str, Data], inputs: dict, 
             for name, data in datasets.items()}
 
 
+def build(run: Run, active, model):
+    """(state, graphdef, jitted step, lr schedule) of the run from `model`: loaded, or abstract
+    (`dss.models.checkpoint.abstract_pretrained`: every array a ShapeDtypeStruct with the run's
+    sharding), which is how `dss.plan` compiles exactly what a run would run."""
+    training = run.config.train
+    tx, schedule = make_optimizer(training, run.horizon)
+    graphdef, params = nnx.split(model)
+    state = init_state(run, active, TrainState(params), model, tx)
+    step = make_train_step(graphdef, tx, active, training.global_batch // training.micro_batch, run.config.seed)
+    return state, graphdef, step, schedule
+
+
 def init_state(run: Run, active, state: TrainState, model, tx) -> TrainState:
     """Each method's say in what is trained, frozen and checkpointed; then the optimizer state,
     its moments sharded like what they follow (scalars such as the step count replicated)."""
     for method in [*active[1:], active[0]]:  # the objective last: its reference may be the plugins' frozen base
         state = method.init_state(run, state, model)
-    state.opt_state = sharding.replicate_rest(tx.init(state.trainable), run.mesh)
+    state.opt_state = sharding.optimizer_state(tx, state.trainable, run.mesh)
     return state
 
 
@@ -169,7 +177,7 @@ class Loop:
         self.total_steps = step_count(self.steps_per_epoch, training.epochs, training.max_steps)
         self.directory = (epath.Path(training.checkpoint_dir) if training.checkpoint_dir
                           else (run.workdir / "checkpoints").absolute())
-        self.batch_sharding = NamedSharding(run.mesh, PartitionSpec(("data", "fsdp")))
+        self.batch_sharding = sharding.batch_sharding(run.mesh)
         self.rows = sharding.host_rows(self.batch_sharding, training.global_batch)
         self.health = Health(vocab_size, training.lr)
         self.step, self.metrics, self.stopped = 0, {}, False

@@ -21,6 +21,10 @@ Sources read (public mirrors of the checkpoints' `tokenizer_config.json` chat te
   [gg-cookbook] ibm-granite/granite-guardian cookbooks/granite-guardian-3.1/detailed_guide_vllm.ipynb
             @ a409be82ef998086afd40d3d159072357395bcc4 (risk names in use)
   [purple]  meta-llama/PurpleLlama Llama-Guard3/1B/MODEL_CARD.md @ 5d1de712ff30f0ed400946e81d17fb964f60762b
+  [mc-gen]  mistral-common 1.13.1 (PyPI) mistral_common/integrations/chat_templates/template_generator.py,
+            Mistral's generator of its checkpoints' HF chat templates (spm=True / False, TokenizerVersion.v3)
+  [cookbook] mistralai/cookbook concept-deep-dive/tokenization/chat_templates.md
+            @ 0d5bf060213ca38c1d2829b4a8bc37b2fa99a4d8 (V3 and V3-Tekken instruct formats)
 """
 
 from __future__ import annotations
@@ -128,6 +132,43 @@ QWEN_2_5_INSTRUCT = r"""{%- if messages[0]['role'] == 'system' %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
 """
+
+# mistralai/Mistral-7B-Instruct-v0.3, sentencepiece tokenizer v3 ([mc-gen] spm=True, v3; [cookbook]
+# "Tokenizer V3"). No generation prompt: a prompt ends at [/INST]. The system message goes before
+# the *last* user message, followed by a blank line; the assistant content follows one space and
+# is not trimmed; roles must alternate.
+MISTRAL_INSTRUCT_V0_3 = r"""{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- set ns = namespace(last_user=-1) %}
+{%- for message in loop_messages %}
+    {%- if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}
+{%- endfor %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message['role'] == 'user' %}
+        {%- if loop.index0 == ns.last_user and system_message is defined %}
+            {{- '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}
+        {%- else %}
+            {{- '[INST] ' + message['content'] + '[/INST]' }}
+        {%- endif %}
+    {%- else %}
+        {{- ' ' + message['content'] + eos_token }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+# mistralai/Mistral-Nemo-Instruct-2407, tekken tokenizer (tiktoken-based, v3) ([mc-gen] spm=False,
+# v3; [cookbook] "Tokenizer V3 - Tekken"): as v0.3 without the spaces sentencepiece needed, i.e.
+# "[INST]" + content + "[/INST]" and the assistant content right after [/INST].
+MISTRAL_NEMO_TEKKEN = (MISTRAL_INSTRUCT_V0_3.replace("'[INST] ' +", "'[INST]' +")
+                       .replace("{{- ' ' + message['content'] + eos_token }}", "{{- message['content'] + eos_token }}"))
 
 # ---------------------------------------------------------------------------------------------
 # Guardrails

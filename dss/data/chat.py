@@ -1,13 +1,20 @@
 """Chat formatting with the policy tokenizer's own template: tokens, loss mask, response spans.
 
-The template renders the conversation to text and the fast tokenizer's character offsets say which
-tokens carry each assistant turn. Templates may alter the turn (Llama 3 `trim`s it), so a turn is
-found as its whitespace-stripped text, right where the template's generation prompt ends when the
-template renders conversations prefix by prefix (most do), else searched after the previous
-message. A trained turn is every token overlapping its text plus the end-of-turn token the template
-writes after it (e.g. `<|eot_id|>`), so the model learns to stop; a separator the template writes
-after that token (Gemma 3's and Qwen 2.5's "\n") is not trained. The text is tokenized without the
-tokenizer's own special tokens: the template already writes BOS, and adding it would double it.
+A trained assistant turn is what the model would generate: the tokens after the rendering of the
+conversation before it with the template's generation prompt, where the full rendering starts
+with that text (a template that renders the last turn's prompt otherwise is refused, naming it).
+So a token the template's own text shares with the response is trained, e.g. sentencepiece's lone
+"▁" for the space Mistral's template writes before a response starting with a digit; where BPE
+merges the prompt's last characters with the response's first into one token, the two are
+tokenized apart, as the model sees the prompt when it generates. Earlier turns that the template
+renders differently alone (a thinking block only on the last turn), and templates that refuse
+partial conversations, fall back to the turn's text: found whitespace-stripped (Llama 3 `trim`s
+it) after the previous message, every token overlapping it trained.
+
+Every trained turn ends with the end-of-turn token the template writes after it (e.g.
+`<|eot_id|>`), so the model learns to stop; a separator the template writes after that token
+(Gemma 3's and Qwen 2.5's "\n") is not trained. The text is tokenized without the tokenizer's own
+special tokens: the template already writes BOS, and adding it would double it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from jinja2 import TemplateError
@@ -59,13 +67,18 @@ def conversation(example: Mapping) -> list[dict]:
     return messages
 
 
-def _rendered_prefix(tokenizer, messages, text: str, generation_prompt: bool, template_vars: Mapping) -> int | None:
-    """Length of the rendering of `messages` if it is a prefix of `text`, else None."""
+def _render_or_none(tokenizer, messages, generation_prompt: bool, template_vars: Mapping) -> str | None:
+    """The rendering of the partial conversation `messages`; None where the template refuses it."""
     try:
-        part = templating.render(tokenizer, messages, template_vars, add_generation_prompt=generation_prompt)
+        return templating.render(tokenizer, messages, template_vars, add_generation_prompt=generation_prompt)
     except TemplateError:  # some templates refuse partial conversations
         return None
-    return len(part) if text.startswith(part) else None
+
+
+def _rendered_prefix(tokenizer, messages, text: str, generation_prompt: bool, template_vars: Mapping) -> int | None:
+    """Length of the rendering of `messages` if it is a prefix of `text`, else None."""
+    part = _render_or_none(tokenizer, messages, generation_prompt, template_vars)
+    return len(part) if part is not None and text.startswith(part) else None
 
 
 def _locate(text: str, content: str, start: int) -> tuple[int, int, int] | None:
@@ -106,10 +119,27 @@ def _through_end_of_turn_token(text: str, end: int, turn_end: int, specials: Seq
     return first[1] if first else turn_end
 
 
-def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str,
-                     template_vars: Mapping) -> list[tuple[int, int, int, int]]:
-    """(begin, end, lead, turn_end) of every assistant turn in the rendered `text`; turn_end ends
-    its end-of-turn token."""
+class Turn(NamedTuple):
+    """An assistant turn in the rendered text: `generated` is where its generation starts (the end
+    of its prompt with the generation prompt; None where the template does not render that as a
+    prefix); text[begin:end] == content[lead:lead + end - begin]; turn_end ends its end-of-turn
+    token."""
+
+    generated: int | None
+    begin: int
+    end: int
+    lead: int
+    turn_end: int
+
+
+def _template_name(tokenizer) -> str:
+    return f"the chat template of {getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}"
+
+
+def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str, template_vars: Mapping,
+                     every: bool) -> list[Turn]:
+    """The assistant turns of the rendered `text`: every one, else those found before the last
+    (which only guide the search) and the last."""
     turns, cursor = [], 0
     eos = tokenizer.eos_token or ""
     specials = _special_tokens(tokenizer)
@@ -118,8 +148,15 @@ def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str,
             found = _locate(text, m["content"], cursor)
             cursor = found[1] if found else cursor
             continue
-        start = _rendered_prefix(tokenizer, messages[:i], text, True, template_vars)
-        found = _locate(text, m["content"], cursor if start is None else start)
+        prompt = _render_or_none(tokenizer, messages[:i], True, template_vars)
+        generated = len(prompt) if prompt is not None and text.startswith(prompt) else None
+        if generated is None and prompt is not None and i == len(messages) - 1:
+            raise ValueError(f"{where}: {_template_name(tokenizer)} renders the conversation before the last "
+                             "assistant turn, with its generation prompt, as text the full conversation does not "
+                             "start with, so what the model generates there is undefined")
+        found = _locate(text, m["content"], cursor if generated is None else generated)
+        if found is None and not every and i < len(messages) - 1:
+            continue  # not trained: e.g. Mistral's system message moves to the last user turn
         if found is None:
             raise ValueError(f"{where}: assistant turn {i} is not in the chat template's rendering; the "
                              "template changes it beyond trimming whitespace")
@@ -128,9 +165,26 @@ def _assistant_turns(tokenizer, messages: list[dict], text: str, where: str,
         if turn_end is None or turn_end < end:  # template renders prefixes differently: end at EOS
             turn_end = end + len(eos) if eos and text.startswith(eos, end) else end
         turn_end = _through_end_of_turn_token(text, end, turn_end, specials)
-        turns.append((begin, end, lead, turn_end))
+        turns.append(Turn(generated, begin, end, lead, turn_end))
         cursor = turn_end
     return turns
+
+
+def _tokenize(tokenizer, text: str, cuts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, character offsets [n, 2]) of `text`, with a token boundary at every cut: where one
+    token spans a cut (a BPE merge across it), the text on each side is tokenized on its own."""
+    def encode(piece: str, shift: int):
+        enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True)
+        return (np.asarray(enc["input_ids"], np.int32),
+                np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2) + shift)
+
+    ids, offsets = encode(text, 0)
+    spanned = sorted({c for c in cuts if 0 < c < len(text) and c not in offsets[:, 0]
+                      and ((offsets[:, 0] < c) & (offsets[:, 1] > c)).any()})
+    if not spanned:
+        return ids, offsets
+    pieces = [encode(text[a:b], a) for a, b in zip([0, *spanned], [*spanned, len(text)])]
+    return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
 
 def encode_chat(
@@ -155,10 +209,9 @@ def encode_chat(
     messages = conversation(example)
     template_vars = dict(template_vars or {})
     text = templating.render(tokenizer, messages, template_vars)
-    turns = _assistant_turns(tokenizer, messages, text, where, template_vars)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = np.asarray(enc["input_ids"], np.int32)
-    offsets = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)
+    turns = _assistant_turns(tokenizer, messages, text, where, template_vars, every=train_on == "all")
+    trained_turns = turns if train_on == "all" else turns[-1:]
+    ids, offsets = _tokenize(tokenizer, text, [t.generated for t in trained_turns if t.generated is not None])
     starts = offsets[:, 0]
     ends = np.maximum(offsets[:, 1], starts + 1)  # a zero-width token counts where it sits
 
@@ -166,11 +219,12 @@ def encode_chat(
         return (starts < b) & (ends > a)
 
     trained = np.zeros(len(ids), bool)
-    for begin, end, _, turn_end in turns if train_on == "all" else turns[-1:]:
-        trained |= overlapping(begin, turn_end)
-    begin, end, lead, turn_end = turns[-1]
-    response = overlapping(begin, end)
-    eot = overlapping(end, turn_end) & ~response
+    for t in trained_turns:
+        trained |= overlapping(t.begin if t.generated is None else t.generated, t.turn_end)
+    last = turns[-1]
+    begin, end, lead = last.begin, last.end, last.lead
+    response = overlapping(begin if last.generated is None else last.generated, end)
+    eot = overlapping(end, last.turn_end) & ~response
     first = int(np.argmax(response))
     if not response.any() or first == 0:
         raise ValueError(f"{where}: no response tokens after the prompt")

@@ -143,6 +143,37 @@ def model_dir(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{path}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}") from e
 
 
+def read_config(path: Path) -> ModelConfig:
+    """The `ModelConfig` of an HF directory's config.json."""
+    config_file = Path(path) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path}: no config.json")
+    try:
+        raw = json.loads(config_file.read_text())
+    except ValueError as e:
+        raise ValueError(f"{config_file}: invalid JSON ({e})") from e
+    return ModelConfig.from_hf(raw, source=str(config_file))
+
+
+def _shapes(cfg: ModelConfig, dtype, param_dtype, remat, unroll) -> Transformer:
+    return nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, unroll=unroll,
+                                              rngs=nnx.Rngs(0)))
+
+
+def abstract_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None, remat="none",
+                        unroll: int | bool = 1) -> Transformer:
+    """The `Transformer` that `load_pretrained` would return, from config.json alone: every
+    parameter a ShapeDtypeStruct with the dtype and (with a mesh) the NamedSharding the loaded one
+    would have; no weights are read. What `dss.plan` compiles a run's programs with."""
+    model = _shapes(read_config(path), dtype, jnp.dtype(param_dtype or dtype), remat, unroll)
+    for _, variable in nnx.to_flat_state(nnx.state(model)):
+        value = variable.get_value()
+        where = None if mesh is None else shd.named_sharding(variable.get_metadata().get("logical_axes"), value.shape,
+                                                              mesh, rules)
+        variable.set_value(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=where))
+    return model
+
+
 def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=None, remat="none",
                     unroll: int | bool = 1) -> Transformer:
     """Load an HF directory (or hub id) as a `Transformer` computing in `dtype`.
@@ -153,18 +184,9 @@ def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=No
     `unroll` the layers per step of the layer scan.
     """
     path = model_dir(path)
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{path}: no config.json")
-    try:
-        raw = json.loads(config_file.read_text())
-    except ValueError as e:
-        raise ValueError(f"{config_file}: invalid JSON ({e})") from e
-    cfg = ModelConfig.from_hf(raw, source=str(config_file))
+    cfg = read_config(path)
     param_dtype = jnp.dtype(param_dtype or dtype)
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, unroll=unroll,
-                                                   rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
+    graphdef, state = nnx.split(_shapes(cfg, dtype, param_dtype, remat, unroll))
 
     tensors, names = SafetensorsDir(path), hf_names(cfg)
     expected = {hf for our_path in names for hf in hf_tensor_names(cfg, our_path)}

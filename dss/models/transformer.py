@@ -20,7 +20,7 @@ from flax import nnx
 
 from dss.models.config import ModelConfig
 from dss.models.rope import apply_rope, inverse_frequencies
-from dss.sharding import constrain
+from dss.sharding import constrain, platform
 
 ACT_AXES = ("act_batch", "act_seq", "act_embed")
 
@@ -78,6 +78,41 @@ def lora_delta(x, lora: Lora | None, target: str, in_dims: int, dtype):
     return jnp.tensordot(jnp.tensordot(x, a, in_dims), b, 1) * jnp.asarray(lora.scale, dtype)
 
 
+# XLA:CPU adds a float32 dot's products in one running sum, so its rounding error grows with the
+# contracted length K, to 2-3x that of the blocked GEMMs of HF's PyTorch at K = 1,024-8,192.
+# `contract` sums slices of at most this many products as separate dots and adds the results: as
+# close to float64 as PyTorch, at about the cost of one dot at these sizes.
+CPU_DOT_BLOCK = 128
+
+
+def contract(x, w, in_dims: int, dtype, w_in_last: bool = False, out_dtype=None):
+    """`x`'s last `in_dims` axes contracted with `w`'s first `in_dims` (its last one if
+    `w_in_last`, in_dims 1), as one dot in `dtype` with `out_dtype` accumulation. In float32 it runs
+    at full precision (no TF32 or bf16 passes on GPU and TPU, as in PyTorch) and on CPU in
+    CPU_DOT_BLOCK slices (see there)."""
+    x_in = tuple(range(x.ndim - in_dims, x.ndim))
+    w_in = (w.ndim - 1,) if w_in_last else tuple(range(in_dims))
+    float32 = jnp.dtype(dtype) == jnp.float32
+    dot = lambda a, b, a_in, b_in: jax.lax.dot_general(
+        a, b, ((a_in, b_in), ((), ())), precision=jax.lax.Precision.HIGHEST if float32 else None,
+        preferred_element_type=out_dtype)
+    size = int(np.prod([x.shape[a] for a in x_in]))
+    if not float32 or size <= CPU_DOT_BLOCK or platform() != "cpu":
+        return dot(x, w, x_in, w_in)
+    out_shape = x.shape[: x.ndim - in_dims] + tuple(n for a, n in enumerate(w.shape) if a not in w_in)
+    flat_x = x.reshape(*x.shape[: x.ndim - in_dims], size)
+    flat_w = w if w_in_last else w.reshape(size, -1)
+    w_axis = flat_w.ndim - 1 if w_in_last else 0
+    step = -(-size // -(-size // CPU_DOT_BLOCK))  # equal slices of at most CPU_DOT_BLOCK
+    total = None
+    for start in range(0, size, step):
+        part = dot(jax.lax.slice_in_dim(flat_x, start, min(start + step, size), axis=flat_x.ndim - 1),
+                   jax.lax.slice_in_dim(flat_w, start, min(start + step, size), axis=w_axis),
+                   (flat_x.ndim - 1,), (w_axis,))
+        total = part if total is None else total + part
+    return total.reshape(out_shape)
+
+
 def _param(rngs, shape, axes, dtype, std):
     return nnx.Param(jax.random.normal(rngs.params(), shape, dtype) * std, logical_axes=axes)
 
@@ -111,7 +146,7 @@ def attend(q, k, v, mask, scale: float, softcap: float | None, window: int | Non
     `jax.nn.dot_product_attention`'s XLA path (which JAX also picks for implementation=None),
     1.5-2x faster on CPU.
     """
-    if mask is None and softcap is None and jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+    if mask is None and softcap is None and platform() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
         try:
             return fused_causal(q, k, v, scale, window, implementation="cudnn")
         except NotImplementedError:  # a head size or GPU generation the kernel does not cover
@@ -145,12 +180,13 @@ def _einsum_attend(q, k, v, mask, scale, softcap):
     kv = k.shape[2]
     g = h // kv
     q = q.reshape(b, l, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * l, d)
-    scores = jnp.einsum("bkqd,bskd->bkqs", q, k, preferred_element_type=jnp.float32) * scale
+    precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else None  # as `contract`
+    scores = jnp.einsum("bkqd,bskd->bkqs", q, k, preferred_element_type=jnp.float32, precision=precision) * scale
     if softcap is not None:
         scores = jnp.tanh(scores / softcap) * softcap
     scores = jnp.where(mask[:, None, None], scores.reshape(b, kv, g, l, -1), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b, kv, g * l, -1)
-    out = jnp.einsum("bkqs,bskd->bkqd", probs, v)
+    out = jnp.einsum("bkqs,bskd->bkqd", probs, v, precision=precision)
     return out.reshape(b, kv, g, l, d).transpose(0, 3, 1, 2, 4).reshape(b, l, h, d)
 
 
@@ -178,7 +214,7 @@ class Attention(nnx.Module):
                  lora: Lora | None = None):
         """`layer` is this layer's RoPE frequencies and window; with `cache_kv` (its keys, values),
         the new keys/values are written at `cache_index` and the updated pair is returned."""
-        proj = lambda name: (jnp.einsum("ble,ehd->blhd", x, getattr(self, name)[...].astype(self.dtype))
+        proj = lambda name: (contract(x, getattr(self, name)[...].astype(self.dtype), 1, self.dtype)
                              + lora_delta(x, lora, name, 1, self.dtype))
         q, k, v = proj("q"), proj("k"), proj("v")
         if self.qkv_bias:
@@ -196,7 +232,7 @@ class Attention(nnx.Module):
         if mask is not None and window is not None:  # without a mask, slots are positions: attend applies it
             mask = mask & (positions[:, :, None] - key_positions[:, None, :] < window)
         out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.scale, self.softcap, window)
-        out = (jnp.einsum("blhd,hde->ble", out, self.o[...].astype(self.dtype))
+        out = (contract(out, self.o[...].astype(self.dtype), 2, self.dtype)
                + lora_delta(out, lora, "o", 2, self.dtype))
         if self.o_bias_on:
             out = out + self.o_bias[...].astype(self.dtype)
@@ -216,7 +252,7 @@ class MLP(nnx.Module):
         self.bias, self.activation, self.dtype = cfg.mlp_bias, cfg.activation, dtype
 
     def _linear(self, x, name, lora):
-        y = x @ getattr(self, name)[...].astype(self.dtype) + lora_delta(x, lora, name, 1, self.dtype)
+        y = contract(x, getattr(self, name)[...].astype(self.dtype), 1, self.dtype) + lora_delta(x, lora, name, 1, self.dtype)
         return y + getattr(self, f"{name}_bias")[...].astype(self.dtype) if self.bias else y
 
     def __call__(self, x, lora: Lora | None = None):
@@ -394,9 +430,9 @@ class Transformer(nnx.Module):
         cfg = self.config
         h = self.final_norm(hidden)
         if cfg.tie_embeddings:
-            out = jnp.einsum("ble,ve->blv", h, self.embed[...].astype(self.dtype), preferred_element_type=jnp.float32)
+            out = contract(h, self.embed[...].astype(self.dtype), 1, self.dtype, w_in_last=True, out_dtype=jnp.float32)
         else:
-            out = jnp.einsum("ble,ev->blv", h, self.lm_head[...].astype(self.dtype), preferred_element_type=jnp.float32)
+            out = contract(h, self.lm_head[...].astype(self.dtype), 1, self.dtype, out_dtype=jnp.float32)
         if cfg.logits_scale != 1.0:
             out = out * cfg.logits_scale
         if cfg.final_softcap is not None:
