@@ -174,18 +174,21 @@ def lock(directory, job: str, is_writer: bool | None = None) -> Iterator[Path | 
     other than process 0, which takes no lock). `is_writer`: whether this host writes (default
     `dss.distributed.is_writer()`: call after `distributed.initialize`). A directory this call
     created is removed again if the job leaves it empty. SIGTERM raises SystemExit(143) while
-    the lock is held unless the job has its own handler, so the lock is released then too."""
+    the lock is held unless the job has its own handler, so the lock is released then too; on
+    several hosts SIGTERM is left to JAX's preemption notice (a C handler Python cannot see),
+    which stops every host at the same step."""
+    multihost = False
     if is_writer is None:
         from dss import distributed
 
-        is_writer = distributed.is_writer()
+        is_writer, multihost = distributed.is_writer(), distributed.is_multihost()
     if not is_writer:
         yield None
         return
     directory = Path(directory)
     created = not directory.exists()
     path = acquire(directory, job)
-    restore = _exit_on_sigterm()
+    restore = (lambda: None) if multihost else _exit_on_sigterm()
     try:
         yield path
     finally:

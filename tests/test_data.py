@@ -256,7 +256,7 @@ def test_every_file_format_gives_the_same_rows(tmp_path, gsm8k):
     assert [r["response"] for r in test] == [r["answer"] for r in raw[5:]]
     with pytest.raises(ValueError, match="missing.jsonl: no such data file"):
         dss.data.load_examples({"path": str(tmp_path / "missing.jsonl")})
-    with pytest.raises(ValueError, match="unknown keys \\['respons_field'\\]"):
+    with pytest.raises(ValueError, match="unknown key 'respons_field' in a data source; did you mean 'response_field'"):
         dss.data.load_examples({"path": str(tmp_path / "rows.jsonl"), "respons_field": "answer"})
     with pytest.raises(ValueError, match="no field 'response' in any row"):
         dss.data.load_examples({"path": str(tmp_path / "rows.jsonl"), "prompt_field": "question"})

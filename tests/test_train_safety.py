@@ -52,14 +52,20 @@ def test_unreadable_checkpoint_falls_back_and_logs_start_over(tmp_path, caplog):
     assert "is complete (step 3 of 3): nothing to train" in caplog.text
     assert again == final  # the last step's metrics, not {}
 
+    # event files are named by the second they were opened in, so a new one may take an old one's
+    # name: the old ones are told apart by their modification time instead
     events = tmp_path / "tensorboard"
-    old = sorted(events.glob("events.out.tfevents.*"))
-    assert old
+    (events / "events.out.tfevents.1000000000.elsewhere").write_bytes(b"")
+    old = list(events.glob("events.out.tfevents.*"))
+    assert len(old) >= 2
+    for path in old:
+        os.utime(path, (1e9, 1e9))
     for path in checkpoints.iterdir():  # start over: no checkpoint at all
         os.rename(path, tmp_path / f"old_{path.name}")
     dss_train.train(tiny_config(**SFT, **{"train.max_steps": 1}), tmp_path)
     assert logged_steps(tmp_path) == [1]
-    assert not set(old) & set(events.glob("events.out.tfevents.*"))  # no event file of the old run left
+    new = list(events.glob("events.out.tfevents.*"))
+    assert new and all(p.stat().st_mtime > 1e9 for p in new)  # no event file of the old run left
 
 
 def test_dead_training_stops_without_export(tmp_path):

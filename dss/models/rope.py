@@ -11,9 +11,14 @@ from dss.models.config import Rope
 
 
 def inverse_frequencies(rope: Rope, head_dim: int) -> np.ndarray:
-    """Per-pair inverse frequencies [head_dim // 2], float32 as HF computes them."""
-    exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    inv = (1.0 / (np.float32(rope.theta) ** exponents)).astype(np.float32)
+    """Per-pair inverse frequencies [head_dim // 2] in float32, as HF's PyTorch computes them: a
+    one-ulp change in a frequency moves the angle at position 300 by ~1e-5 rad, more than float32
+    rounding anywhere else in a layer.
+
+    PyTorch's float32 pow is nearly always correctly rounded and numpy's often is not, so the
+    power is taken in float64 and rounded once (1 ulp from PyTorch's in ~0.3% of frequencies)."""
+    exponents = np.arange(0, head_dim, 2).astype(np.float32) / np.float32(head_dim)
+    inv = np.float32(1) / (np.float64(rope.theta) ** exponents.astype(np.float64)).astype(np.float32)
     if rope.kind == "linear":
         return (inv / np.float32(rope.factor)).astype(np.float32)
     if rope.kind == "llama3":
@@ -22,16 +27,21 @@ def inverse_frequencies(rope: Rope, head_dim: int) -> np.ndarray:
 
 
 def _llama3_scaling(inv: np.ndarray, rope: Rope) -> np.ndarray:
-    """Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between."""
+    """Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate in between.
+
+    In float32 step by step as HF's PyTorch does it (`scalar / tensor` is `reciprocal(tensor) *
+    scalar` there)."""
+    f32 = np.float32
+    over = lambda scalar, tensor: (f32(1) / tensor) * f32(scalar)
     old_len = rope.original_max_position
     low_wavelen = old_len / rope.low_freq_factor
     high_wavelen = old_len / rope.high_freq_factor
-    wavelen = 2 * math.pi / inv
-    scaled = np.where(wavelen > low_wavelen, inv / rope.factor, inv)
-    smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
-    smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+    wavelen = over(2 * math.pi, inv)
+    scaled = np.where(wavelen > low_wavelen, inv / f32(rope.factor), inv)
+    smooth = (over(old_len, wavelen) - f32(rope.low_freq_factor)) / f32(rope.high_freq_factor - rope.low_freq_factor)
+    smoothed = (f32(1) - smooth) * scaled / f32(rope.factor) + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return np.where(medium, smoothed, scaled).astype(np.float32)
+    return np.where(medium, smoothed, scaled).astype(f32)
 
 
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, inv_freq: np.ndarray) -> jnp.ndarray:
