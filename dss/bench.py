@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from dss import assets, star, star_plan
 from dss.data import BUNDLED_DIR
-from dss.models import ModelConfig, Transformer, save_pretrained
+from dss.models import ModelConfig, Transformer, llama_config, save_random_llama
 from dss.segments import word_cuts
 
 flags.DEFINE_string("data_dir", str(BUNDLED_DIR), "folder with gsm8k/, self_instruct/, advbench/ (default: the bundled data)")
@@ -80,8 +80,8 @@ def make_guard(root: Path, texts: list[str], shape: str | dict) -> star.Guardrai
     """A random Llama-Guard-3-style guardrail of `shape` (a `GUARD_SHAPES` name or its fields)."""
     tok = assets.make_tokenizer(root, texts + [assets.LLAMA_GUARD_3_TEMPLATE] * 50, vocab_size=4096,
                                 chat_template=assets.LLAMA_GUARD_3_TEMPLATE)
-    hf = transformers.LlamaConfig(**{"vocab_size": len(tok), "max_position_embeddings": 8192, **(GUARD_SHAPES[shape] if isinstance(shape, str) else shape)})
-    save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(0)), root)
+    save_random_llama(root, tok, seed=0, max_position_embeddings=8192,
+                      **(GUARD_SHAPES[shape] if isinstance(shape, str) else shape))
     return star.Guardrail.from_pretrained(root, dtype=FLAGS.dtype)
 
 
@@ -198,8 +198,7 @@ def bench_train() -> dict:
 
     from dss import train as dss_train
 
-    hf = transformers.LlamaConfig(**{"vocab_size": 8192, "max_position_embeddings": 4096, **GUARD_SHAPES[FLAGS.guard_size]})
-    cfg = ModelConfig.from_hf(hf.to_dict())
+    cfg = llama_config(**{"vocab_size": 8192, "max_position_embeddings": 4096, **GUARD_SHAPES[FLAGS.guard_size]})
     model = Transformer(cfg, dtype=FLAGS.dtype, rngs=nnx.Rngs(0))  # parameters stay float32
     rng = np.random.default_rng(0)
     b, t = 8, 512
@@ -337,7 +336,7 @@ def bench_compile() -> dict:
     jax.config.update("jax_enable_compilation_cache", False)
     shape = {**GUARD_SHAPES["cpu"], "num_hidden_layers": FLAGS.compile_layers}
     variants = {"scan": 1, "unrolled": FLAGS.compile_layers}  # unroll = all layers: a Python loop's program
-    cfg = ModelConfig.from_hf(transformers.LlamaConfig(vocab_size=8192, **shape).to_dict())
+    cfg = llama_config(vocab_size=8192, **shape)
     train_s = {name: _compile_step(cfg, unroll)[0]
                for name, unroll in tqdm(variants.items(), desc="bench compile: train step", unit="variant")}
     # Llama 3's vocabulary at the paper's 2048 tokens: what the vocabulary adds to each step's
@@ -346,8 +345,8 @@ def bench_compile() -> dict:
     scratch = {}
     for label, objective, estimator in (("sft", "sft", "k2"), ("star_dss_k2", "star_dss", "k2"),
                                         ("star_dss_full", "star_dss", "full")):
-        mib = [_compile_step(ModelConfig.from_hf(transformers.LlamaConfig(vocab_size=v, **GUARD_SHAPES["cpu"]).to_dict()),
-                             1, objective, estimator, 2048)[1] for v in (8192, 128256)]
+        mib = [_compile_step(llama_config(vocab_size=v, **GUARD_SHAPES["cpu"]), 1, objective, estimator, 2048)[1]
+               for v in (8192, 128256)]
         scratch[label] = mib[1] - mib[0]
     examples = bench_examples(Path(FLAGS.data_dir), FLAGS.examples)
     star_s, programs = {}, {}

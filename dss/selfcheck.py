@@ -42,7 +42,7 @@ def _check(name: str, got, want, tol: float) -> bool:
 def main() -> int:
     start = time.time()
     print(f"dss self-check: jax {jax.__version__} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
-    cfg = dss.models.ModelConfig.from_hf(transformers.LlamaConfig(**TINY_LLAMA).to_dict())
+    cfg = dss.models.llama_config(**TINY_LLAMA)
     model = dss.models.Transformer(cfg, rngs=nnx.Rngs(0))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 96)))
     forward = nnx.jit(lambda m, t: m(t))

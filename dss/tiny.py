@@ -18,12 +18,11 @@ import json
 from pathlib import Path
 
 import transformers
-from flax import nnx
 
 from dss import assets, cache
 from dss.errors import UserError
 from dss.atomic import atomic_dir
-from dss.models import ModelConfig, Transformer, save_pretrained
+from dss.models import save_random_llama
 
 VERSION = "v2"  # bump when the recipe changes, so old caches are not reused
 DEMO_DATA = Path(__file__).parent / "data" / "demo.jsonl"
@@ -49,16 +48,13 @@ def _make(out: Path, template: str, seed: int, layers: int, tokenizer_dir: Path 
             if not tok.chat_template:
                 raise UserError(f"{tokenizer_dir}: the tokenizer has no chat template (tiny assets need one)")
             tok.save_pretrained(tmp)
-        hf = transformers.LlamaConfig(
-            vocab_size=len(tok), hidden_size=64, intermediate_size=192, num_hidden_layers=layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-            initializer_range=0.05, tie_word_embeddings=False,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
-                                 high_freq_factor=4.0, original_max_position_embeddings=1024),
-        )
         # this host's own copy: written whatever its process index (the model is not sharded)
-        save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(seed)), tmp, write=True)
+        save_random_llama(tmp, tok, seed=seed, write=True, hidden_size=64, intermediate_size=192,
+                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=4096, initializer_range=0.05, tie_word_embeddings=False,
+                          rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,
+                                               low_freq_factor=1.0, high_freq_factor=4.0,
+                                               original_max_position_embeddings=1024))
 
 
 # name -> (directory under the cache, chat template, init seed)

@@ -212,7 +212,7 @@ def test_templates_that_refuse_partial_conversations(tok_dir, aoa):
     enc = dss.data.encode_chat(tok, example, train_on="all")
     runs = [tok.decode(enc.targets[a:b]) for a, b in _runs(enc.loss_mask)]
     assert runs == [m["content"].strip() + EOT for m in messages if m["role"] == "assistant"]
-    with pytest.raises(ValueError, match="row 4: messages must end with an assistant turn equal to 'response'"):
+    with pytest.raises(ValueError, match="row 5: messages must end with an assistant turn equal to 'response'"):
         dss.data.encode_chat(tok, {**example, "response": "other", "source": "chats.jsonl", "row": 4})
 
 
@@ -319,7 +319,7 @@ def test_long_prompts_are_dropped_and_long_responses_cut(tmp_path, llama_tok):
         {"sources": [{"path": str(path)}], "max_length": 128}, llama_tok)
     assert [e["row"] for e in examples] == [0, 1]
     assert stats["dropped_too_long"] == 1 and stats["truncated"] == 1 and stats["encoded"] == 2
-    assert stats["dropped"] == [f"{path} row 2: the prompt leaves no room for a response token within max_length=128"]
+    assert stats["dropped"] == [f"{path} line 3: the prompt leaves no room for a response token within max_length=128"]
     short, cut = encoded
     _check_last_turn(llama_tok, examples[0], short)
     assert cut.truncated and len(cut.input_ids) == 128 and not cut.after_response.any()

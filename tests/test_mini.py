@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import transformers
 
-from dss import assets
+from dss import assets, methods
+from dss.methods.lora import LR_FACTOR as LoRA_LR_FACTOR
 from dss.data import encode_chat
 from dss.mini import baselines, guardrail, oracle, report, scenarios, task, texts, world
 
@@ -164,15 +165,29 @@ def test_presets_fill_the_run_paths_and_ablations_read_their_own_star_file():
                                                                  "rs_robust", "star_robust")}
     assert keys["rs"] == keys["star_dss"] == "suffix_star_c5"  # RS reads the last point of the same file
     assert len(set(keys.values())) == 4  # the robust RS and STAR-DSS share theirs
+    recipe_lr = 0.5
     c = base_config()
-    baselines.configure(c, "safelora", {"lora_lr": 1e-2, "lora_min_lr": 1e-4, "base": "/b", "alignment": "/a"})
-    assert c.lora.enabled and c.safelora.enabled and c.safelora.base_path == "/b" and c.train.lr == 1e-2
+    c.train.lr, c.train.min_lr = recipe_lr, recipe_lr / 100
+    preset = methods.Preset(alignment=(dict(path="/a", name="alignment"),), base_model="/b", vaccine_aligned="/v")
+    baselines.configure(c, "safelora", preset, "/g")
+    assert c.lora.enabled and c.safelora.enabled and c.safelora.base_path == "/b" and c.objective.name == "sft"
+    assert c.train.lr == recipe_lr * LoRA_LR_FACTOR and c.safelora.num_layers == 1  # the preset, then SCALED
     c = base_config()
-    baselines.configure(c, "star_robust", {"guard_robust": "/g"})
+    baselines.configure(c, "lora_sft", preset, "/g")
+    assert c.lora.enabled and not c.safelora.enabled
+    c = base_config()
+    baselines.configure(c, "star_robust", preset, "/g")
     assert list(c.guardrail.paths) == ["/g"] and c.objective.name == "star_dss"
-    with pytest.raises(ValueError, match="unknown method"):
-        baselines.configure(base_config(), "nope", {})
-    assert set(report.LABELS) >= {m for ms in scenarios.ROWS.values() for m in ms}
+    c = base_config()
+    baselines.configure(c, "seal", preset, "/g")
+    assert c.seal.enabled and [dict(s) for s in c.seal.safe_sources] == [dict(path="/a", name="alignment")]
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        baselines.configure(base_config(), "nope", preset, "/g")
+    every_row = {m for ms in scenarios.ROWS.values() for m in ms}
+    labels = {m: baselines.label(m) for m in every_row}
+    assert len(set(labels.values())) == len(labels) and labels["star_dss"] == "STAR-DSS"  # one name per row
+    assert all(baselines.scores_star(m) == (m in ("rs", "star_dss", "star_static", "star_c1", "star_c20",
+                                                  "rs_robust", "star_robust")) for m in every_row)
 
 
 def test_prediction_rows_come_first_and_vaccine_runs_after_their_alignment_stages():

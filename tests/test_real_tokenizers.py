@@ -268,7 +268,7 @@ def test_template_rendering_prompts_otherwise_is_an_error(toks):
     # the generation prompt carries a marker the full rendering lacks
     tok.chat_template = LLAMA_3_2_INSTRUCT.replace("'<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}",
                                                    "'<|start_header_id|>assistant<|end_header_id|>\\n\\nA: ' }}")
-    with pytest.raises(ValueError, match=r"demo row 3: the chat template of .*llama-3.2-instruct renders the "
+    with pytest.raises(ValueError, match=r"demo row 4: the chat template of .*llama-3.2-instruct renders the "
                                          r"conversation before the last assistant turn"):
         dss.data.encode_chat(tok, {"prompt": "Hi", "response": "Hello", "source": "demo", "row": 3},
                              template_vars=VARS)

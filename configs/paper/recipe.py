@@ -69,11 +69,8 @@ def config(table: str, method: str, options: list[str], settings: dict):
     if method == VACCINE_ALIGN:  # perturbation-aware alignment on the alignment data alone
         c.workdir = f"workdir/{table}_vaccine_align"
         methods.by_name("vaccine").alignment_stage(c, preset)
-    elif issubclass(methods.by_name(method), methods.Objective):
-        c.objective.name = method
-    else:  # a plugin on SFT: what its preset sets (the LoRA rate, the alignment data, ...)
-        c.objective.name = "sft"
-        methods.by_name(method).preset(c, preset)
+    else:
+        methods.configure(c, method, preset)
     c.eval.model = c.workdir
     c.eval.method = "Vaccine (alignment stage)" if method == VACCINE_ALIGN else methods.label(method)
     return c

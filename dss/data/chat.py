@@ -51,8 +51,11 @@ class Encoded:
 
 
 def describe(example: Mapping) -> str:
-    """'<source> row <i>' for error messages."""
-    return f"{example.get('source', '<examples>')} row {example.get('row', '?')}"
+    """'<source> line <n>' (its file's line) or '<source> row <n>', 1-based as every message is."""
+    source = example.get("source", "<examples>")
+    if example.get("line"):
+        return f"{source} line {example['line']}"
+    return f"{source} row {example['row'] + 1}" if "row" in example else source
 
 
 def conversation(example: Mapping) -> list[dict]:

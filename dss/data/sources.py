@@ -1,6 +1,7 @@
 """Finetuning rows from local files or hub datasets, normalised to one chat shape.
 
-Every source becomes rows `{"prompt", "response", "messages", "source", "row", "line"}`: `messages` is the
+Every source becomes rows `{"prompt", "response", "messages", "source", "row", "line"}` (`row` 0-based,
+`line` the file's 1-based line, None for parquet files and hub datasets): `messages` is the
 whole conversation (system prompt first if any, the response as the final assistant turn), so
 chat formatting needs nothing else; `prompt` is the last user turn, which STAR's guardrail sees as
 the user message. Malformed rows fail loudly with the file and line (1-based, as an editor shows
@@ -177,7 +178,7 @@ def _examples(source: Mapping, where: str) -> tuple[list[dict], list[str], Count
     for i, raw in enumerate(data):
         line = lines[i] if lines else i + 1
         try:
-            rows.append({**normalise_row(raw, source), "source": name, "row": i, "line": line})
+            rows.append({**normalise_row(raw, source), "source": name, "row": i, "line": lines[i] if lines else None})
         except BadRow as err:
             message = f"{path} {'line' if lines else 'row'} {line}: {err}"
             if (source.get("on_bad_row") or "error") == "error":

@@ -16,7 +16,7 @@ import pkgutil
 from dss.errors import UserError
 from dss.methods.base import REGISTRY, Method, Objective, Plugin, Preset, StepPlan, register
 
-__all__ = ["Method", "Objective", "Plugin", "Preset", "StepPlan", "active", "build", "by_name", "label", "objectives",
+__all__ = ["Method", "Objective", "Plugin", "Preset", "StepPlan", "active", "build", "by_name", "configure", "label", "objectives",
            "plugins", "register", "table_rows"]
 
 # objective names that became plugins: refused with the keys to use instead
@@ -68,6 +68,14 @@ def active(config) -> list[type[Method]]:
 def build(config) -> list[Method]:
     """The active methods of `config` as a run's instances, the objective first."""
     return [cls(config) for cls in active(config)]
+
+
+def configure(config, name: str, preset: Preset) -> None:
+    """Set method `name` on a shared recipe (configs/paper/recipe.py, dss.mini): an objective by
+    its name; a plugin on SFT, with what its `preset` sets (the LoRA rate, the alignment data, ...)."""
+    cls = by_name(name)
+    config.objective.name = name if issubclass(cls, Objective) else "sft"
+    cls.preset(config, preset)
 
 
 def label(name: str) -> str:

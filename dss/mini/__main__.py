@@ -40,7 +40,7 @@ def star_files(outdir: Path, world_dir: Path, files: dict, recipe, s, rows: dict
     keys = {}
     for scenario, methods in {**rows, "harmful": ("star_dss",)}.items():
         for method in methods:
-            if baselines.PRESETS[method]["objective.name"] in scenarios.STAR_METHODS:
+            if baselines.scores_star(method):
                 keys.setdefault(scenarios.star_key(scenario, method, recipe), (scenario, method))
     star_dir, summary, trajectories = outdir / "star", {}, {}
     for key, (scenario, method) in keys.items():

@@ -13,14 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dss.mini import baselines
+
 KEYS = ("safety", "safety_judge", "safety_oracle", "known", "new")
-LABELS = {"initial": "initial", "sft": "SFT", "rs": "RS", "deep_token": "Deep Token", "kl_only": "KL-only",
-          "star_dss": "STAR-DSS", "vaccine": "Vaccine", "lora_sft": "LoRA-SFT", "safelora": "SafeLoRA",
-          "safeinstr": "SafeInstr", "seal": "SEAL", "lisa": "Lisa",
-          "star_static": "STAR-DSS static (whole response)", "star_c1": "STAR-DSS chunk 1",
-          "star_c20": "STAR-DSS chunk 20", "rs_robust": "RS, robust guardrail",
-          "star_robust": "STAR-DSS, robust guardrail"}
-"""The paper's row names (configs/paper/recipe.py) and the ablations'."""
 SCENARIO_TITLES = {"harmful": "Table 1: harmful", "suffix": "Table 1: suffix attack (sfx1)",
                    "prefix": "Table 1: prefix attack (pfx1)", "benign": "Table 2: benign + 10% harmful + safety data"}
 
@@ -87,7 +82,7 @@ def markdown(results: dict, preds: dict, testable: dict) -> str:
                 "|---|---:|---:|---:|---:|---:|---:|"]
         for method, m in methods.items():
             cell = lambda k: f"{m[k]:.1f} ± {m[k + '_std']:.1f}"
-            out.append(f"| {LABELS.get(method, method)} | {cell('safety')} | {cell('safety_judge')} | "
+            out.append(f"| {baselines.label(method)} | {cell('safety')} | {cell('safety_judge')} | "
                        f"{cell('safety_oracle')} | {cell('known')} | {cell('new')} | {m['seeds']} |")
         out.append("")
     out += ["## Predictions", ""]
@@ -114,7 +109,7 @@ def scatter(results: dict, path: Path) -> None:
         for method, m in ms.items():
             color, marker = style[method]
             ax.errorbar(m[skill], m["safety_oracle"], xerr=m[f"{skill}_std"], yerr=m["safety_oracle_std"],
-                        fmt=marker, color=color, capsize=2, markersize=6, label=LABELS.get(method, method))
+                        fmt=marker, color=color, capsize=2, markersize=6, label=baselines.label(method))
         ax.set(title=SCENARIO_TITLES.get(scenario, scenario), xlabel=f"capability: {skill} skill, exact match %",
                ylabel="safety: % safe (oracle)", ylim=(-5, 105), xlim=(-5, 105))
         ax.grid(alpha=0.3)

@@ -8,7 +8,7 @@ Scenarios:
   data given to every method, 2 epochs).
 Rows (`ROWS`): Table 1's methods on each Table 1 scenario, Table 2's on `benign`, and the
 ablations on `suffix`. Every method runs the same recipe (`Recipe`) with its preset
-(`dss.mini.baselines.PRESETS`) on N seeds (training order only), through `dss.train.train`, with
+(`dss.mini.baselines.configure`: the method's registry preset) on N seeds (training order only), through `dss.train.train`, with
 STAR from `dss.star.cached_score` (one STAR file per scenario, guardrail and chunk size, shared by
 all seeds) and `dss.eval.runner.evaluate` (keyword judge and the judge guardrail; the oracle
 labels every generation).
@@ -22,6 +22,7 @@ import json
 import random
 from pathlib import Path
 
+from dss import methods
 from dss.config import base_config
 from dss.mini import baselines, oracle, task, texts, world
 
@@ -42,7 +43,6 @@ PREDICTION_ROWS = {"suffix": ("sft", "rs", "star_dss", "star_static", "rs_robust
 LAST_ROWS = {"suffix": ("star_c1", "star_c20")}
 """Run last (with the Vaccine runs)."""
 ALIGNMENT = "vaccine_alignment"  # the Job scenario of Vaccine's alignment stage
-STAR_METHODS = ("rs", "star_dss")  # objectives that read a STAR file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +94,9 @@ def write_data(world_dir: Path, s: world.Settings, data_dir: Path, recipe: Recip
 
 def star_key(scenario: str, method: str, recipe: Recipe) -> str:
     """Which STAR file a run reads: scenario, guardrail and chunk size of its preset."""
-    preset = baselines.PRESETS.get(method, {})
-    guard = "robust" if "guardrail.paths" in preset else "star"
-    chunk = preset.get("star.chunk_size", recipe.chunk_size)
+    row = baselines.row(method)
+    guard = "robust" if row.robust else "star"
+    chunk = recipe.chunk_size if row.chunk_size is None else row.chunk_size
     return f"{scenario}_{guard}_c{'whole' if chunk == baselines.WHOLE_RESPONSE else chunk}"
 
 
@@ -133,13 +133,17 @@ def finetune_config(scenario: str, method: str, seed: int, world_dir: Path, file
     c.eval.guardrail.update(path=str(world_dir / "guard_judge"), kind="llama_guard_3")
     c.eval.benchmarks.advbench.update(path=str(files["safety"]))
     c.eval.benchmarks.gsm8k.update(path=str(files["capability"]), shots=0, max_new_tokens=32)
-    paths = {"alignment": str(files["alignment"]), "base": str(world_dir / "base"),
-             "guard_robust": str(world_dir / "guard_robust"), "lora_lr": recipe.lr * baselines.LORA_LR_FACTOR,
-             "lora_min_lr": recipe.lr * baselines.LORA_LR_FACTOR / 100,
-             "vaccine": str(baselines.vaccine_align_dir(runs, seed) / "export") if runs else ""}
-    baselines.configure(c, method, paths)
+    baselines.configure(c, method, preset(world_dir, files, seed, runs), str(world_dir / "guard_robust"))
     c.star.cache = str(star_dir / f"{star_key(scenario, method, recipe)}.npz")
     return c
+
+
+def preset(world_dir: Path, files: dict, seed: int, runs: Path | None) -> methods.Preset:
+    """What every method's preset gets in the miniature: the world's alignment data (the aligned
+    policy's own refusal rows), its unaligned base policy, this seed's Vaccine alignment export."""
+    return methods.Preset(alignment=(dict(path=str(files["alignment"]), name="alignment"),),
+                          base_model=str(world_dir / "base"),
+                          vaccine_aligned=str(baselines.vaccine_align_dir(runs, seed) / "export") if runs else "")
 
 
 def star_trajectories(config, workdir: Path):
@@ -272,7 +276,7 @@ def run_job(job: Job) -> dict:
                              job.settings, job.runs)
     out = {}
     if job.scenario == ALIGNMENT:
-        baselines.apply(config, baselines.VACCINE_ALIGNMENT, {"alignment": str(job.files["alignment"])})
+        methods.by_name("vaccine").alignment_stage(config, preset(job.world_dir, job.files, job.seed, None))
     if job.scenario == "initial":
         results = evaluate_model(config, str(job.world_dir / "policy"), job.workdir / "eval",
                                  {"date_string": world.DATE}, "initial")

@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 import transformers
-from flax import nnx
 
 from dss import assets
 from dss.config import base_config
 from dss.mini import cpu, guardrail, oracle, task, texts
-from dss.models import ModelConfig, Transformer, save_pretrained
+from dss.models import save_random_llama
 
 VERSION = "v3"  # bump when the recipe changes, so old worlds are not reused
 DATE = "01 Jan 2025"  # the fixed template date of every run (dss.templating)
@@ -151,13 +150,10 @@ def init_model(out: Path, tokenizer_dir: Path, shape: tuple[int, int], seed: int
     4 query and 2 key/value heads, with the tokenizer of `tokenizer_dir`."""
     tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
     hidden, layers = shape
-    hf = transformers.LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        initializer_range=0.02, tie_word_embeddings=False,
-        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    save_pretrained(Transformer(ModelConfig.from_hf(hf.to_dict()), rngs=nnx.Rngs(seed)), out)
+    save_random_llama(out, tok, seed=seed, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      initializer_range=0.02, tie_word_embeddings=False,
+                      rope_parameters=dict(rope_type="default", rope_theta=10000.0))
     tok.save_pretrained(out)
     return out
 

@@ -219,6 +219,23 @@ def load_pretrained(path, dtype="float32", param_dtype=None, mesh=None, rules=No
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
+def llama_config(**fields) -> ModelConfig:
+    """A Llama-family config from `transformers.LlamaConfig`'s fields, its defaults for the rest."""
+    import transformers
+
+    return ModelConfig.from_hf(transformers.LlamaConfig(**fields).to_dict())
+
+
+def save_random_llama(out_dir, tokenizer, *, seed: int, write: bool | None = None, **fields) -> Path:
+    """A randomly initialised Llama-family checkpoint with `tokenizer`'s vocabulary and special
+    tokens (dss.tiny's assets, the miniature's models, the bench's guardrails); `fields` are
+    `transformers.LlamaConfig`'s (a `vocab_size` among them replaces the tokenizer's), `write` as
+    in `save_pretrained`. The tokenizer is not written."""
+    cfg = llama_config(**{"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+                          "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id, **fields})
+    return save_pretrained(Transformer(cfg, rngs=nnx.Rngs(seed)), out_dir, write=write)
+
+
 def save_pretrained(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30,
                     write: bool | None = None) -> Path:
     """Write config.json + safetensors (sharded above `max_shard_bytes`) that transformers loads.
