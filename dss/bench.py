@@ -24,6 +24,47 @@ Numbers are measured in one process, warm (compiled) runs only, so the ratios ar
 
 from __future__ import annotations
 
+import types
+
+GUARD_SHAPES = {
+    "cpu": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2),
+    "llama-guard-3-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                             num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True),
+}
+BENCHES = ("star", "train", "compile")
+OPTIONS = {
+    "data_dir": ("", "folder with gsm8k/, self_instruct/, advbench/ ('': the bundled data)"),
+    "examples": (32, "examples to score"),
+    "repeats": (2, "timed repetitions (after one warm-up)"),
+    "guard_size": ("cpu", "model shape: cpu (hidden 256, 4 layers) | llama-guard-3-1b (Llama 3.2 1B shape, random weights)"),
+    "dtype": ("float32", "guardrail compute dtype (bfloat16 on accelerators)"),
+    "record": ("", "star: append the commit's ratios to this speed history (the repo's: docs/bench_history.jsonl)"),
+    "compile_layers": (16, "layers of the model the compile benchmark builds"),
+}
+FLAGS = types.SimpleNamespace(**{name: default for name, (default, _) in OPTIONS.items()})
+"""This run's options: the defaults, until `main` sets the command line's."""
+
+
+def check(names, **options) -> None:
+    """The command line, refused in seconds (before JAX loads) when a benchmark or option is unknown."""
+    from dss.errors import UserError
+
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        raise UserError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}")
+    if options.get("record") and "star" not in names:
+        raise UserError("--record keeps the star benchmark's ratios: run `python -m dss.bench star --record FILE`")
+    if options.get("guard_size", "cpu") not in GUARD_SHAPES:
+        raise UserError(f"--guard_size {options['guard_size']!r}: use one of {', '.join(GUARD_SHAPES)}")
+    if options.get("examples", 1) < 1 or options.get("repeats", 1) < 1 or options.get("compile_layers", 1) < 1:
+        raise UserError("--examples, --repeats and --compile_layers must be at least 1")
+
+
+if __name__ == "__main__":  # refuse a bad command line before the imports below load JAX
+    from dss import cli
+
+    cli.launch("dss.bench", check=check, config=False, positional="BENCH", options=OPTIONS)
+
 import csv
 import json
 import subprocess
@@ -33,7 +74,6 @@ from pathlib import Path
 
 import numpy as np
 import transformers
-from absl import app, flags
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -42,23 +82,9 @@ from dss.data import BUNDLED_DIR
 from dss.models import ModelConfig, Transformer, llama_config, save_random_llama
 from dss.segments import word_cuts
 
-flags.DEFINE_string("data_dir", str(BUNDLED_DIR), "folder with gsm8k/, self_instruct/, advbench/ (default: the bundled data)")
-flags.DEFINE_integer("examples", 32, "examples to score")
-flags.DEFINE_integer("repeats", 2, "timed repetitions (after one warm-up)")
-flags.DEFINE_string("guard_size", "cpu", "model shape: cpu (hidden 256, 4 layers) | llama-guard-3-1b (Llama 3.2 1B shape, random weights)")
-flags.DEFINE_string("dtype", "float32", "guardrail compute dtype (bfloat16 on accelerators)")
-flags.DEFINE_string("record", "", "star: append the commit's ratios to this speed history (the repo's: docs/bench_history.jsonl)")
-flags.DEFINE_integer("compile_layers", 16, "layers of the model the compile benchmark builds")
-FLAGS = flags.FLAGS
-
 # config.train's optimizer fields for every benchmarked step (AdamW with clipping, as dss.train)
 BENCH_OPTIMIZER = dict(lr=1e-5, min_lr=0.0, warmup_ratio=0.0, b1=0.9, b2=0.95, weight_decay=0.0, clip=1.0)
 
-GUARD_SHAPES = {
-    "cpu": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2),
-    "llama-guard-3-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                             num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True),
-}
 
 
 def bench_examples(data_dir: Path, n: int) -> list[dict]:
@@ -135,7 +161,7 @@ def bench_star() -> dict:
     load changes hit all alike: speeds from each one's best repeat, ratios per repeat (their spread)."""
     import jax
 
-    examples = bench_examples(Path(FLAGS.data_dir), FLAGS.examples)
+    examples = bench_examples(Path(FLAGS.data_dir or BUNDLED_DIR), FLAGS.examples)
     with tempfile.TemporaryDirectory() as tmp:
         guard = make_guard(Path(tmp), [t for ex in examples for t in ex.values()], FLAGS.guard_size)
         runs = {method: (lambda method=method: star.score(guard, examples, method=method)) for method in ("shared_kv", "naive")}
@@ -348,7 +374,7 @@ def bench_compile() -> dict:
         mib = [_compile_step(llama_config(vocab_size=v, **GUARD_SHAPES["cpu"]), 1, objective, estimator, 2048)[1]
                for v in (8192, 128256)]
         scratch[label] = mib[1] - mib[0]
-    examples = bench_examples(Path(FLAGS.data_dir), FLAGS.examples)
+    examples = bench_examples(Path(FLAGS.data_dir or BUNDLED_DIR), FLAGS.examples)
     star_s, programs = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         guard = make_guard(Path(tmp), [t for ex in examples for t in ex.values()], shape)
@@ -463,23 +489,12 @@ def append_record(path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-BENCHES = {"star": bench_star, "train": bench_train, "compile": bench_compile}
-
-
-def main(argv):
-    names = argv[1:] or list(BENCHES)
+def main(names, **options) -> None:
+    vars(FLAGS).update(options)
+    benches = {"star": bench_star, "train": bench_train, "compile": bench_compile}
     for name in names:
-        if name not in BENCHES:
-            raise app.UsageError(f"unknown benchmark {name!r}; choose from {sorted(BENCHES)}")
-    if FLAGS.record and "star" not in names:
-        raise app.UsageError("--record keeps the star benchmark's ratios: run `python -m dss.bench star --record FILE`")
-    for name in names:
-        result = BENCHES[name]()
+        result = benches[name]()
         print(json.dumps({name: result}, indent=2), flush=True)
         if name == "star" and FLAGS.record:
             append_record(FLAGS.record, star_record(result))
             print(f"recorded in {FLAGS.record}", flush=True)
-
-
-if __name__ == "__main__":
-    app.run(main)

@@ -110,6 +110,22 @@ def test_tables_refuses_a_missing_run():
     assert _refused("dss.tables") == "python -m dss.tables: give one or more RUN_DIR arguments"
 
 
+def test_the_miniature_refuses_bad_flags_and_a_missing_run(tmp_path):
+    assert _refused("dss.mini") == "--outdir DIR is required"
+    assert _refused("dss.mini", "--outdir", tmp_path, "--qiuck").startswith(
+        "python -m dss.mini: Unknown command line flag 'qiuck'. Did you mean: quick ?")
+    assert _refused("dss.mini", "--outdir", tmp_path, "--workers", "0") == "--workers 0: at least 1"
+    assert "is inside the dss package" in _refused("dss.mini", "--outdir", REPO / "dss" / "out")
+    assert _refused("dss.mini.check", "--outdir", tmp_path) == \
+        f"{tmp_path / 'world.json'}: missing; run python -m dss.mini --outdir {tmp_path} first"
+
+
+def test_the_bench_refuses_an_unknown_benchmark_and_a_misplaced_record():
+    assert _refused("dss.bench", "star", "strr") == "unknown benchmark(s) ['strr']; choose from star, train, compile"
+    assert _refused("dss.bench", "train", "--record", "h.jsonl").startswith("--record keeps the star benchmark's ratios")
+    assert _refused("dss.bench", "star", "--guard_size", "huge") == "--guard_size 'huge': use one of cpu, llama-guard-3-1b"
+
+
 def test_a_bad_data_file_is_refused_by_line_before_training_loads(tmp_path):
     data = tmp_path / "data.jsonl"
     rows = [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(6)]

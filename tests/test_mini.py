@@ -258,6 +258,6 @@ def test_quick_miniature_runs_end_to_end_and_its_check_reads_it(tmp_path, monkey
     run(out, quick=True, progress=lambda *a: None)  # a resumed invocation keeps the first one's seconds
     again = json.loads((out / "summary.json").read_text())["cpu_seconds"]
     assert len(again["invocations"]) == 2 and again["total"]["total_cpu_s"] > summary["cpu_seconds"]["total"]["total_cpu_s"]
-    check.main(["--outdir", str(out)])
+    check.main(str(out))
     printed = capsys.readouterr().out
     assert "truncated == 0" in printed and printed.count("PREDICTION") == len(report.PREDICTIONS)

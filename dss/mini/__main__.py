@@ -11,7 +11,12 @@ guardrail, one seed (the CI test).
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # refuse bad flags in seconds, before the imports below load JAX
+    from dss import cli
+    from dss.mini.options import OPTIONS, check
+
+    cli.launch("dss.mini.__main__", check=check, config=False, options=OPTIONS)
+
 import json
 import shutil
 import time
@@ -188,15 +193,5 @@ def job_batches(initial, aligns: list, finetunes: list[list], first: dict, last:
     return [b for b in batches if b]
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dss.mini", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--outdir", required=True, type=Path)
-    parser.add_argument("--quick", action="store_true", help="smaller world, the suffix scenario, four rows, one seed")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; --quick: 1)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (one CPU thread each)")
-    args = parser.parse_args(argv)
-    run(args.outdir, args.quick, args.seeds, args.workers)
-
-
-if __name__ == "__main__":
-    main()
+def main(outdir: str, quick: bool = False, seeds: int = 0, workers: int = 2) -> None:
+    run(Path(outdir), quick, seeds or None, workers)

@@ -7,9 +7,14 @@ predictions are findings: each is printed held / not held / untestable, and neve
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # one-line errors, as every job
+    from dss import cli
+    from dss.mini.options import check_results
+
+    cli.launch("dss.mini.check", check=check_results, config=False,
+               options={"outdir": ("", "a dss.mini output directory")})
+
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +66,8 @@ def checks(outdir: Path) -> list[tuple[str, bool, str]]:
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dss.mini.check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--outdir", required=True, type=Path)
-    outdir = parser.parse_args(argv).outdir
-    for name in ("world.json", "summary.json", "results.json", "predictions.json"):
-        if not (outdir / name).exists():
-            print(f"{outdir / name}: missing (run python -m dss.mini --outdir {outdir} first)", file=sys.stderr)
-            return 1
+def main(outdir: str) -> int:
+    outdir = Path(outdir)
     results = checks(outdir)
     for name, passed, detail in results:
         print(f"{'PASS' if passed else 'FAIL'}  {name}: {detail}")
@@ -78,6 +77,3 @@ def main(argv=None) -> int:
     print(f"{len(results) - failed}/{len(results)} preconditions passed")
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
