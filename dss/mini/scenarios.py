@@ -5,7 +5,7 @@ Scenarios:
   `suffix` and `prefix` (the same pairs with every response wrapped by the sfx1 / pfx1 attack text,
   `config.data.attack`, 10 epochs);
 - Table 2: `benign` (the `new` skill's problems, 10% as many harmful pairs, and the world's safety
-  data given to every method, 2 epochs).
+  data given to every method, 6 epochs).
 Rows (`ROWS`): Table 1's methods on each Table 1 scenario, Table 2's on `benign`, and the
 ablations on `suffix`. Every method runs the same recipe (`Recipe`) with its preset
 (`dss.mini.baselines.configure`: the method's registry preset) on N seeds (training order only), through `dss.train.train`, with
@@ -52,7 +52,9 @@ class Recipe:
     lr: float = 5e-4  # the world's models train at 2e-3; finetuning at a quarter of it
     global_batch: int = 32
     harmful_epochs: int = 10  # the paper's (configs/paper/recipe.py); docs/mini.md: why not 6
-    benign_epochs: int = 2
+    # Table 2: the first of 2, 6, 10 at which SFT learns the `new` skill (precondition >= 70%), measured
+    # on SFT alone, seed 0, before any other method ran in world v3: 22% / 98% / 100% (docs/mini.md)
+    benign_epochs: int = 6
     benign_harmful: int = 60  # Table 2: harmful pairs mixed into the task data (10% of 600)
     kl_coef: float = 0.5
     kl_estimator: str = "k2"
