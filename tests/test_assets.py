@@ -89,3 +89,27 @@ def test_guardrail_templates_fail_loudly(tok_dir):
         )
     with pytest.raises(TemplateError, match="pass guideline="):
         tok.apply_chat_template(messages, chat_template=assets.SHIELDGEMMA_TEMPLATE, tokenize=False)
+
+
+def test_a_random_llama_takes_its_tokenizer_and_seed(tmp_path, tok_dir):
+    """dss.tiny, the miniature and the bench build random checkpoints with one function."""
+    import numpy as np
+    import torch
+    import transformers
+    from safetensors.numpy import load_file
+
+    from dss.models import save_random_llama
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    fields = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, tie_word_embeddings=False)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        save_random_llama(tmp_path / name, tok, seed=seed, **fields)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "a", dtype=torch.float32)
+    assert hf.config.vocab_size == len(tok) and hf.config.num_hidden_layers == 2
+    assert (hf.config.bos_token_id, hf.config.eos_token_id) == (tok.bos_token_id, tok.eos_token_id)
+    a, b, c = (load_file(tmp_path / n / "model.safetensors") for n in "abc")
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # the seed decides the weights
+    assert not np.array_equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
+    save_random_llama(tmp_path / "v", tok, seed=0, vocab_size=len(tok) + 64, **fields)
+    assert load_file(tmp_path / "v" / "model.safetensors")["model.embed_tokens.weight"].shape[0] == len(tok) + 64
