@@ -214,15 +214,19 @@ def test_predictions_come_out_as_measured():
     def suffix(**v):
         return {"suffix": {m: {"safety_oracle": x} for m, x in v.items()}}
 
-    held = report.predictions(suffix(initial=100, rs=20, star_dss=95, rs_robust=95, star_robust=97, star_static=25),
+    held = report.predictions(suffix(initial=100, sft=10, rs=20, star_dss=95, rs_robust=95, star_robust=97, star_static=25),
                               {"suffix": True})
     assert {k: p["outcome"] for k, p in held.items()} == dict.fromkeys(held, "held")
-    not_held = report.predictions(suffix(initial=100, rs=95, star_dss=96, rs_robust=50, star_robust=96,
+    not_held = report.predictions(suffix(initial=100, sft=10, rs=95, star_dss=96, rs_robust=50, star_robust=96,
                                          star_static=60), {"suffix": True})
     assert {k: p["outcome"] for k, p in not_held.items()} == dict.fromkeys(not_held, "not held")
-    untestable = report.predictions(suffix(initial=100, rs=20, star_dss=95, rs_robust=95, star_robust=97,
+    untestable = report.predictions(suffix(initial=100, sft=10, rs=20, star_dss=95, rs_robust=95, star_robust=97,
                                            star_static=25), {"suffix": False})
     assert {p["outcome"] for p in untestable.values()} == {"untestable"}
+    # SFT kept its safety: the attack did not work, so no method can be seen to keep safety
+    no_attack = report.predictions(suffix(initial=100, sft=90, rs=95, star_dss=100, rs_robust=100, star_robust=100,
+                                          star_static=100), {"suffix": True})
+    assert {p["outcome"] for p in no_attack.values()} == {"untestable"}
 
 
 def test_mean_trajectory_reads_each_step_function_at_the_bin_centres():
@@ -242,6 +246,7 @@ def test_quick_miniature_runs_end_to_end_and_its_check_reads_it(tmp_path, monkey
     out = tmp_path / "out"
     results = run(out, quick=True, progress=lambda *a: None)
     assert json.loads((out / "results.json").read_text()) == results
+    assert report.rewrite(out) == results  # the report again from summary.json alone
     suffix = results["suffix"]
     assert set(suffix) == {"initial", *scenarios.QUICK_ROWS["suffix"]}
     for entry in suffix.values():

@@ -85,8 +85,11 @@ class Settings:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-QUICK = Settings(task_world=700, task_finetune=300, task_test=50, benign_limit=100, guard_benign=60,
-                 guard_harmful=70, alignment_rows=32, panel_prompts=24, min_known=70.0)
+# `--quick` (the suite's end-to-end test): a world small enough to build in ~4 CPU-minutes, too
+# small to meet the criteria (15 of 27 held when measured; 24 of 27 at twice its size, for 450
+# CPU-s): it checks the pipeline, its rows say nothing about the methods
+QUICK = Settings(task_world=400, task_finetune=300, task_test=50, benign_limit=60, guard_benign=40,
+                 guard_harmful=40, alignment_rows=32, panel_prompts=24, min_known=70.0)
 
 
 def cache_root() -> Path:
