@@ -16,8 +16,8 @@ import pkgutil
 from dss.errors import UserError
 from dss.methods.base import REGISTRY, Method, Objective, Plugin, Preset, StepPlan, register
 
-__all__ = ["Method", "Objective", "Plugin", "Preset", "StepPlan", "active", "build", "by_name", "configure", "label", "objectives",
-           "plugins", "register", "table_rows"]
+__all__ = ["Method", "Objective", "Plugin", "Preset", "StepPlan", "active", "build", "by_name", "configure", "label",
+           "objectives", "plugins", "register", "table_rows"]
 
 # objective names that became plugins: refused with the keys to use instead
 RENAMED = {"vaccine": "vaccine.enabled=True (with objective.name=sft for Vaccine's alignment stage)",

@@ -5,8 +5,8 @@ finetunes the initial policy with every row's method on every seed, evaluates ea
 writes DIR/world.json (copied before any method runs), DIR/results.json, DIR/predictions.json,
 DIR/table.md, DIR/safety_vs_capability.png, DIR/star_trajectory.png, DIR/star_plots/ and
 DIR/summary.json (per-seed values, data statistics, CPU seconds accumulated over invocations).
-`--quick`: a smaller world, the suffix scenario with SFT, RS, STAR-DSS and RS on the robust
-guardrail, one seed (the CI test).
+`--quick`: a pipeline smoke run (a world too small to meet its criteria, the suffix scenario with
+SFT, RS, STAR-DSS and RS on the robust guardrail, one seed; the suite's end-to-end test).
 """
 
 from __future__ import annotations

@@ -83,4 +83,3 @@ def main(outdir: str) -> int:
     failed = sum(not passed for _, passed, _ in results)
     print(f"{len(results) - failed}/{len(results)} preconditions passed")
     return 1 if failed else 0
-

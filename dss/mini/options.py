@@ -7,7 +7,7 @@ from dss.errors import UserError
 
 OPTIONS = {
     "outdir": ("", "output directory (required): world.json, results.json, table.md, figures, runs/"),
-    "quick": (False, "smaller world, the suffix scenario, four rows, one seed (the CI test)"),
+    "quick": (False, "pipeline smoke run: a tiny world, the suffix scenario, four rows, one seed"),
     "seeds": (0, "seeds per method (0: 3, or 1 with --quick)"),
     "workers": (2, "worker processes (one CPU thread each)"),
 }

@@ -7,8 +7,8 @@ Scenarios:
 - Table 2: `benign` (the `new` skill's problems, 10% as many harmful pairs, and the world's safety
   data given to every method, 6 epochs).
 Rows (`ROWS`): Table 1's methods on each Table 1 scenario, Table 2's on `benign`, and the
-ablations on `suffix`. Every method runs the same recipe (`Recipe`) with its preset
-(`dss.mini.baselines.configure`: the method's registry preset) on N seeds (training order only), through `dss.train.train`, with
+ablations on `suffix`. Every method runs the same recipe (`Recipe`) with its registry preset
+(`dss.mini.baselines.configure`) on N seeds (training order only), through `dss.train.train`, with
 STAR from `dss.star.cached_score` (one STAR file per scenario, guardrail and chunk size, shared by
 all seeds) and `dss.eval.runner.evaluate` (keyword judge and the judge guardrail; the oracle
 labels every generation).
