@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -147,8 +146,8 @@ def star_speed(shape: dict, root: Path) -> dict:
     """shared_kv and naive STAR scoring (dss.bench's examples and random guardrail), first calls and best of 2."""
     from dss import bench
 
-    bench.FLAGS([sys.argv[0], f"--dtype={'bfloat16' if jax.default_backend() != 'cpu' else 'float32'}"])
-    examples = bench.bench_examples(Path(bench.FLAGS.data_dir), shape["star_examples"])
+    bench.FLAGS.dtype = "bfloat16" if jax.default_backend() != "cpu" else "float32"
+    examples = bench.bench_examples(bench.BUNDLED_DIR, shape["star_examples"])
     guard = bench.make_guard(root, [t for ex in examples for t in ex.values()], shape["guard"])
     first, best = {}, {}
     for method in ("shared_kv", "naive"):
