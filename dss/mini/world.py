@@ -59,7 +59,9 @@ class Settings:
 
     seed: int = 0
     vocab_size: int = 2048
-    policy_shape: tuple[int, int] = (96, 2)  # hidden size, layers
+    # hidden size, layers: (96, 2) could not learn a wrapped harmful response (SFT stayed >= 88% safe
+    # under every wrapper); (128, 3) loses 29 points under sfx1, measured on SFT alone (docs/mini.md)
+    policy_shape: tuple[int, int] = (128, 3)
     guard_shape: tuple[int, int] = (64, 2)
     max_length: int = 128  # policy tokens per scenario example (prompt + response); every row must fit
     policy_max_length: int = 128  # the world's own policy rows (longer self-instruct / GSM8K rows are left out)
@@ -88,8 +90,8 @@ class Settings:
 # `--quick` (the suite's end-to-end test): a world small enough to build in ~4 CPU-minutes, too
 # small to meet the criteria (15 of 27 held when measured; 24 of 27 at twice its size, for 450
 # CPU-s): it checks the pipeline, its rows say nothing about the methods
-QUICK = Settings(task_world=400, task_finetune=300, task_test=50, benign_limit=60, guard_benign=40,
-                 guard_harmful=40, alignment_rows=32, panel_prompts=24, min_known=70.0)
+QUICK = Settings(policy_shape=(96, 2), task_world=400, task_finetune=300, task_test=50, benign_limit=60,
+                 guard_benign=40, guard_harmful=40, alignment_rows=32, panel_prompts=24, min_known=70.0)
 
 
 def cache_root() -> Path:
