@@ -1,7 +1,8 @@
 """Every method row of the miniature: a registered method (`dss.methods`) with the preset
-`configs/paper/recipe.py` gives it, on the scenario's SFT recipe, plus the rows that vary one (LoRA-SFT, the ablations).
+`configs/paper/recipe.py` gives it, on the scenario's SFT recipe, plus the rows that vary one
+(LoRA-SFT, the ablations).
 
-What the paper's presets set cannot always apply to a 2-layer policy on 100 rows; those settings
+What the paper's presets set cannot always apply to a tiny policy on 100 rows; those settings
 are scaled the way recipe.py scales Lisa's (keep the official proportion), listed in `SCALED`
 and in docs/mini.md. Nothing here is tuned on a result.
 """
@@ -11,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from dss import methods
+from dss import checks, methods
 
 WHOLE_RESPONSE = 1 << 62  # a STAR chunk no response reaches: one score per response (static shaping)
 
 SCALED = {
     # recipe.py projects dss's default `safelora.num_layers` (10) of Llama-3.2-1B's 32 adapted
-    # modules (16 layers x q, v); the policy has 4 (2 layers x q, v): the same share is 1
+    # modules (16 layers x q, v); the 96 x 2 policy has 4 (2 layers x q, v): the same share is 1.
+    # The 128 x 3 policy has 6, whose share would be 2: run 2 (docs/mini.md) kept 1 (issue #21)
     "safelora": {"safelora.num_layers": 1},
     # the miniature's steps hold a whole batch (micro = global), SEAL's selector steps too
     "seal": {"seal.micro_batch": 32},
@@ -74,11 +76,8 @@ def vaccine_align_dir(runs: Path, seed: int) -> Path:
 def set_keys(c, overrides: dict) -> None:
     """Set each dotted key of `overrides` on config `c`."""
     for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = c
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        parent, _, leaf = key.rpartition(".")
+        checks.value(c, parent)[leaf] = value
 
 
 def configure(c, name: str, preset: methods.Preset, guard_robust: str) -> None:
