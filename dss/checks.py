@@ -84,6 +84,20 @@ def missing_file(path) -> bool:
     return local and not p.exists()
 
 
+def model_name(config, key: str, name: str) -> None:
+    """A model name (`name`, the setting at `key` or an entry of it) that can be loaded: `tiny:<spec>`,
+    a hub repo id, or a local directory that holds a config.json (as `dss.models.checkpoint.model_dir`
+    tells them apart: a name that starts with '.', '/' or '~', or names an existing file, is local)."""
+    if name.startswith("tiny:"):
+        return
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UserError(f"config.{key} = {name!r}: not a model directory (no config.json in it)")
+    elif local.exists() or name.startswith((".", "/", "~")):
+        raise UserError(f"config.{key} = {name!r}: no such model directory")
+
+
 def sources(config, key: str, what: str, hint: str = "", files: bool = True) -> list:
     """A non-empty list of source dicts, each with a 'path' (that is there, if local and `files`)."""
     given = list(value(config, key))

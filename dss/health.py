@@ -26,7 +26,8 @@ class TrainingFailed(UserError):
 
 class Health:
     """Checks each step's metrics: stop on a non-finite loss or gradient, or a gradient norm of
-    exactly 0 with tokens in the batch; warn once when cross-entropy sits at ln(vocabulary) (the
+    exactly 0 with tokens in the batch that carry weight (a rejection-sampling batch whose every
+    example was dropped has weight 0: nothing to learn, not dead training); warn once when cross-entropy sits at ln(vocabulary) (the
     uniform output) and whenever the loss jumps far above its running mean."""
 
     def __init__(self, vocab_size: int, lr: float):
@@ -39,7 +40,8 @@ class Health:
         advice = f"the last good checkpoint is {last_good}; try a lower config.train.lr (now {self.lr:g})"
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingFailed(f"non-finite loss {loss} (gradient norm {grad_norm}) at step {step}; {advice}")
-        if grad_norm == 0.0 and metrics.get("n_tokens", 1) > 0:
+        weighted = metrics.get("n_tokens", 1) > 0 and metrics.get("example_weight", 1) > 0
+        if grad_norm == 0.0 and weighted:
             raise TrainingFailed(f"gradient norm exactly 0 at step {step} (loss {loss:.4f}): the output no longer "
                                  f"depends on the weights, training is dead; {advice}")
         ce = metrics.get("ce", loss)

@@ -64,6 +64,8 @@ def check_star_config(config, needed_by: str = "python -m dss.star") -> None:
     if not isinstance(g.paths, (list, tuple)) or not g.paths or not all(isinstance(p, str) and p for p in g.paths):
         raise UserError(f"config.guardrail.paths = {g.paths!r}: {needed_by} scores the data with STAR, which "
                         "needs a list of one or more guardrails (HF directories or hub ids)")
+    for k, path in enumerate(g.paths):
+        checks.model_name(config, f"guardrail.paths[{k}]", path)
     checks.one_of(config, "guardrail.kind", ("auto", *GUARDRAIL_KINDS), "guardrail kind")
     checks.one_of(config, "star.chunk_unit", CHUNK_UNITS, "chunk unit")
     checks.positive_int(config, "star.chunk_size")

@@ -33,6 +33,7 @@ def check_settings(config) -> None:
         objective.check_settings(config)
     for method in active:
         method.check(config)
+    checks.model_name(config, "model.path", str(config.model.path))  # after the settings: a file-system check
 
 
 def precheck(config, workdir) -> None:

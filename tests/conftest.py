@@ -19,6 +19,6 @@ def persistent_compile_cache(tmp_path_factory):
     from jax.experimental.compilation_cache import compilation_cache
 
     compilation_cache.set_cache_dir(str(tmp_path_factory.mktemp("jax_compile")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)  # as dss.cli sets it
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # as dss.cli sets it
     yield
     compilation_cache.set_cache_dir(None)

@@ -76,6 +76,30 @@ def test_a_bad_value_and_a_missing_config_file():
         "python -m dss.landscape: --config FILE is required (e.g. --config configs/tiny.py)"
 
 
+def test_a_model_or_guardrail_that_is_not_there(tmp_path):
+    """A local model name that names nothing used to end a 26-line traceback after JAX loaded, with
+    dss_config.json already written."""
+    workdir = tmp_path / "w"
+    assert _refused("dss.train", "--config", "configs/tiny.py", "--workdir", workdir,
+                    "--config.model.path=/nonexistent/model") == \
+        "config.model.path = '/nonexistent/model': no such model directory"
+    (tmp_path / "empty").mkdir()
+    assert _refused("dss.star", "--config", "configs/tiny.py", "--workdir", workdir,
+                    f"--config.guardrail.paths=['{tmp_path / 'empty'}']") == \
+        f"config.guardrail.paths[0] = '{tmp_path / 'empty'}': not a model directory (no config.json in it)"
+    assert not workdir.exists()
+
+
+def test_a_list_setting_is_overridden_by_a_python_list():
+    """ml_collections' flags raise on a list field (a traceback of 20 lines, once)."""
+    config = base_config()
+    rest = cli.set_list_overrides(config, ["prog", "--config.guardrail.paths=['a', 'b']", "--config.train.lr=1"])
+    assert config.guardrail.paths == ["a", "b"] and rest == ["prog", "--config.train.lr=1"]
+    with pytest.raises(UserError, match=r"^--config.guardrail.paths=a: config.guardrail.paths is a list; give a "
+                                        r"Python list"):
+        cli.set_list_overrides(config, ["prog", "--config.guardrail.paths=a"])
+
+
 def test_an_error_inside_a_config_file_names_its_line(tmp_path):
     path = _config_file(tmp_path, "    c.train.lr = undefined_name\n")
     assert _refused("dss.eval", "--config", path) == \

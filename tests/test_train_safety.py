@@ -77,6 +77,17 @@ def test_dead_training_stops_without_export(tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_a_batch_with_no_weight_is_not_dead_training():
+    """Rejection sampling that dropped every example of a batch gives a zero gradient legitimately
+    (found when RS kept 4 of 100 examples: batches of 32 without one of them)."""
+    from dss.health import Health
+
+    health = Health(vocab_size=1024, lr=1e-3)
+    health.check(1, {"loss": 0.0, "grad_norm": 0.0, "n_tokens": 1957.0, "example_weight": 0.0}, "none yet")
+    with pytest.raises(TrainingFailed, match="gradient norm exactly 0 at step 2"):
+        health.check(2, {"loss": 0.3, "grad_norm": 0.0, "n_tokens": 1957.0, "example_weight": 0.07}, "none yet")
+
+
 def test_a_busy_workdir_is_refused_at_once(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -87,11 +87,11 @@ class Settings:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# `--quick` (the suite's end-to-end test): a world small enough to build in ~4 CPU-minutes, too
-# small to meet the criteria (15 of 27 held when measured; 24 of 27 at twice its size, for 450
+# `--quick` (the suite's end-to-end test): a world small enough to build in ~2 CPU-minutes, too
+# small to meet the criteria (12 of 27 held when measured; 24 of 27 at four times its size, for 450
 # CPU-s): it checks the pipeline, its rows say nothing about the methods
-QUICK = Settings(policy_shape=(96, 2), task_world=400, task_finetune=300, task_test=50, benign_limit=60,
-                 guard_benign=40, guard_harmful=40, alignment_rows=32, panel_prompts=24, min_known=70.0)
+QUICK = Settings(policy_shape=(96, 2), task_world=200, task_finetune=150, task_test=25, benign_limit=30,
+                 guard_benign=20, guard_harmful=20, alignment_rows=32, panel_prompts=12, min_known=70.0)
 
 
 def cache_root() -> Path:
