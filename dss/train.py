@@ -39,6 +39,7 @@ from dss import distributed, methods, sharding, templating, train_checks
 from dss import workdir as workdir_lock
 from dss.atomic import atomic_file
 from dss.checkpoints import Checkpoints
+from dss.errors import UserError
 from dss.export import export
 from dss.health import Health
 from dss.run import USER, Data, Run, TrainState
@@ -53,7 +54,27 @@ def train(config, workdir) -> dict:
     distributed.initialize(config)
     train_checks.check_train_config(config)  # after initialize (the devices), before anything is loaded
     with workdir_lock.lock(workdir, "dss.train"):  # a second job on this workdir is refused
-        return run_training(config, Path(workdir))
+        with _no_trace_if_refused(Path(workdir)):
+            return run_training(config, Path(workdir))
+
+
+RECORDS = ("dss_config.json", "template_vars.json")
+
+
+@contextlib.contextmanager
+def _no_trace_if_refused(workdir: Path):
+    """A run refused before it wrote anything but its records (the model or the data turned out
+    unusable) removes the records it made: template_vars.json would fix the run's date although
+    nothing ran."""
+    before = set(workdir.iterdir()) if workdir.is_dir() else set()
+    try:
+        yield
+    except UserError:
+        made = (set(workdir.iterdir()) if workdir.is_dir() else set()) - before
+        if distributed.is_writer() and made and {p.name for p in made} <= set(RECORDS):
+            for path in made:
+                path.unlink()
+        raise
 
 
 def run_training(config, workdir: Path) -> dict:
@@ -88,14 +109,14 @@ def run_training(config, workdir: Path) -> dict:
 
 def start(config, workdir: Path) -> Run:
     """The run's directory, settings record, mesh, tokenizer and fixed template variables."""
+    model_path = dss.hub.resolve_path(config.model.path)  # a hub id that cannot be fetched fails here
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
     workdir.mkdir(parents=True, exist_ok=True)
     if distributed.is_writer():  # not config.json: that marks HF dirs
         with atomic_file(workdir / "dss_config.json") as tmp:
             tmp.write_text(config.to_json_best_effort(indent=2))
-    model_path = dss.hub.resolve_path(config.model.path)
     return Run(config, workdir, sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor),
-               AutoTokenizer.from_pretrained(model_path), templating.run_template_vars(config.template, workdir),
-               model_path)
+               tokenizer, templating.run_template_vars(config.template, workdir), model_path)
 
 
 def load_datasets(run: Run, active) -> dict[str, Data]:
@@ -106,8 +127,11 @@ def load_datasets(run: Run, active) -> dict[str, Data]:
         data = method.prepare_data(run, data)
     log.info("data: %s", json.dumps(data.stats))
     if len(data) < run.config.train.global_batch:
-        raise ValueError(f"{len(data)} usable examples, fewer than config.train.global_batch="
-                         f"{run.config.train.global_batch}")
+        stats = data.stats
+        raise UserError(f"{len(data)} usable examples, fewer than config.train.global_batch = "
+                        f"{run.config.train.global_batch} ({stats.get('rows', '?')} rows read, "
+                        f"{stats.get('bad_rows', 0)} bad, {stats.get('dropped_too_long', 0)} longer than "
+                        f"config.data.max_length = {run.config.data.max_length}); give more data or a smaller batch")
     datasets = {USER: data}
     for method in active:
         datasets.update(method.datasets(run))

@@ -77,6 +77,22 @@ def test_dead_training_stops_without_export(tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_a_run_refused_at_its_model_or_data_leaves_nothing(tmp_path, monkeypatch):
+    """Found by trying: an unreachable hub id was a 74-line traceback with dss_config.json written,
+    and data too long for max_length a ValueError traceback leaving template_vars.json (the date)."""
+    from dss.errors import MissingPath, UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingPath, match=r"^nobody/no-such-model: not a local directory, and fetching it from the "
+                                          r"Hugging Face Hub failed: [^\n]+$"):
+        dss_train.train(tiny_config(**{"model.path": "nobody/no-such-model"}), tmp_path / "hub")
+    with pytest.raises(UserError, match=r"^0 usable examples, fewer than config.train.global_batch = 8 \(40 rows "
+                                        r"read, 0 bad, 40 longer than config.data.max_length = 8\); give more data"):
+        dss_train.train(tiny_config(**{"data.max_length": 8}), tmp_path / "short")
+    for name in ("hub", "short"):
+        assert not (tmp_path / name).exists() or not list((tmp_path / name).iterdir()), name
+
+
 def test_a_batch_with_no_weight_is_not_dead_training():
     """Rejection sampling that dropped every example of a batch gives a zero gradient legitimately
     (found when RS kept 4 of 100 examples: batches of 32 without one of them)."""

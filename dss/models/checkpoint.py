@@ -17,6 +17,7 @@ from safetensors.numpy import save_file
 
 from dss import sharding as shd
 from dss.atomic import atomic_file
+from dss.errors import MissingPath
 from dss.models.config import ModelConfig
 from dss.models.transformer import Transformer
 
@@ -134,20 +135,21 @@ def model_dir(path: str | os.PathLike) -> Path:
     if local.is_dir():
         return local
     if local.exists() or str(path).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{path}: not a model directory")
+        raise MissingPath(f"{path}: not a model directory")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
     except Exception as e:  # offline, gated, misspelt: say which path failed, keep the hub's reason
-        raise FileNotFoundError(f"{path}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}") from e
+        raise MissingPath(f"{path}: not a local directory, and fetching it from the Hugging Face Hub failed: "
+                          f"{' '.join(str(e).split())}") from e
 
 
 def read_config(path: Path) -> ModelConfig:
     """The `ModelConfig` of an HF directory's config.json."""
     config_file = Path(path) / "config.json"
     if not config_file.exists():
-        raise FileNotFoundError(f"{path}: no config.json")
+        raise MissingPath(f"{path}: no config.json")
     try:
         raw = json.loads(config_file.read_text())
     except ValueError as e:
