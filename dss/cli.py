@@ -284,9 +284,10 @@ def set_list_overrides(config, argv: Sequence[str]) -> list[str]:
     rest = []
     for arg in argv:
         match = _OVERRIDE.fullmatch(arg)
-        *parents, leaf = match.group(1).split(".") if match else [""]
-        node = functools.reduce(lambda n, k: n[k], parents, config) if match else None
-        if node is None or not isinstance(node[leaf], list):
+        if match:
+            *parents, leaf = match.group(1).split(".")
+            node = functools.reduce(lambda n, k: n[k], parents, config)
+        if not match or not isinstance(node[leaf], list):
             rest.append(arg)
             continue
         text = arg.partition("=")[2]

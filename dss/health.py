@@ -27,8 +27,9 @@ class TrainingFailed(UserError):
 class Health:
     """Checks each step's metrics: stop on a non-finite loss or gradient, or a gradient norm of
     exactly 0 with tokens in the batch that carry weight (a rejection-sampling batch whose every
-    example was dropped has weight 0: nothing to learn, not dead training); warn once when cross-entropy sits at ln(vocabulary) (the
-    uniform output) and whenever the loss jumps far above its running mean."""
+    example was dropped has weight 0: nothing to learn, not dead training); warn once when
+    cross-entropy sits at ln(vocabulary) (the uniform output) and whenever the loss jumps far above
+    its running mean."""
 
     def __init__(self, vocab_size: int, lr: float):
         self.uniform, self.lr = math.log(vocab_size), lr
