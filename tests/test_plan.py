@@ -174,3 +174,24 @@ def test_accelerator_bench_writes_every_number_on_a_tiny_shape(tmp_path):
     assert s["shared_kv_examples_per_s"] > 0 and s["naive_examples_per_s"] > 0
     assert s["shared_kv_vs_naive"] == pytest.approx(s["shared_kv_examples_per_s"] / s["naive_examples_per_s"], rel=0.05)
     assert "skipped" in result["cudnn_attention"]
+
+
+def test_the_paper_plans_table_reads_each_plan(tmp_path):
+    """launch/plan_paper.py's table: the step's figures, and the STAR program that fits worst."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "launch"))
+    import plan_paper
+
+    gib = 2**30
+    fits = {"topology": "v5e:2x2", "hosts": 1, "hbm_bytes_per_chip": 16 * gib,
+            "train": {"remat": "full", "per_device": {"fits": True, "total_bytes": 11 * gib,
+                                                      "temporaries_bytes": 7 * gib, "compile_s": 30.0}},
+            "star": [{"fits": True, "total_bytes": 14 * gib, "compile_s": 4.0},
+                     {"fits": False, "compiler": "RESOURCE_EXHAUSTED", "compile_s": 1.0}]}
+    too_big = {**fits, "train": {"remat": "none", "per_device": {"fits": False, "compiler": "RESOURCE_EXHAUSTED",
+                                                                "compile_s": 9.0}}, "star": []}
+    (tmp_path / "a.json").write_text(json.dumps(fits))
+    (tmp_path / "b.json").write_text(json.dumps(too_big))
+    rows = plan_paper.table(tmp_path).splitlines()
+    assert rows[2] == "| a | v5e:2x2 (1) | full | True | 11.00 | 7.00 | 16.00 | - (False) | 35.0 |"
+    assert rows[3] == "| b | v5e:2x2 (1) | none | False | - | - | 16.00 | - | 9.0 |"
+    assert plan_paper.plan_name("table1:star_dss,llama_guard", "v5p:2x2x1") == "t1_star_dss_llama_guard_v5p_2x2x1"
