@@ -111,6 +111,8 @@ class PlanRun(Run):
     """A `Run` whose per-example services answer with stand-ins of the right shapes (every prefix
     safe, reference log-probs 0), so the methods' hooks build the batch a real run would."""
 
+    weights_on_disk: bool = False
+
     def star(self, data, name):
         return [Trajectory([len(e["response"])], [1.0]) for e in data.examples]
 

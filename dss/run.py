@@ -82,6 +82,7 @@ class Run:
     template_vars: dict
     model_path: Path
     horizon: int = 0  # optimizer steps of the schedule (every epoch's), set once the data is batched
+    weights_on_disk: bool = True  # False in dss.plan: model directories hold config.json alone
 
     def encode(self, sources, what: str) -> Data:
         """`sources` (alignment or safety data) rendered as the user data is, never attacked."""

@@ -1,6 +1,6 @@
 """Plans every paper variant (configs/paper/table1.py, table2.py) on TPU topologies, and the table.
 
-    python launch/plan_paper.py --outdir plans [--policy DIR] [--granite DIR] [--llama_guard DIR]
+    python launch/plan_paper.py --outdir plans [--policy DIR] [--base DIR] [--granite DIR] [--llama_guard DIR]
     python launch/plan_paper.py --outdir plans --table_only        # the README table from plans/*.json
 
 Each plan is `python -m dss.plan` in its own process (one compile at a time: they use every core);
@@ -40,7 +40,8 @@ def run_plans(args) -> None:
             guard = args.llama_guard if "llama_guard" in arg else args.granite
             command = [sys.executable, "-m", "dss.plan", "--config", f"configs/paper/{table}.py:{arg}",
                        "--topology", topology, f"--config.model.path={args.policy}",
-                       f"--config.guardrail.paths=['{guard}']", "--out", str(out)]
+                       f"--config.guardrail.paths=['{guard}']", f"--config.safelora.base_path={args.base}",
+                       "--out", str(out)]
             start = time.time()
             done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
             print(f"{out.stem}: exit {done.returncode}, {time.time() - start:.0f} s", flush=True)
@@ -71,6 +72,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--outdir", type=Path, required=True)
     parser.add_argument("--policy", default="meta-llama/Llama-3.2-1B-Instruct")
+    parser.add_argument("--base", default="meta-llama/Llama-3.2-1B", help="SafeLoRA's unaligned base")
     parser.add_argument("--granite", default="ibm-granite/granite-guardian-3.1-2b")
     parser.add_argument("--llama_guard", default="meta-llama/Llama-Guard-3-8B")
     parser.add_argument("--topologies", default=",".join(TOPOLOGIES))

@@ -79,6 +79,29 @@ def test_abstract_state_is_the_real_runs_state(policy, overrides):
     assert adam.count.sharding.spec == jax.sharding.PartitionSpec()
 
 
+def test_a_safelora_plan_needs_the_config_json_alone(policy, tmp_path):
+    """SafeLoRA checks its base model's weights before training; a plan has none to read."""
+    import shutil
+
+    from dss.errors import UserError
+
+    for name in ("aligned", "base"):
+        (tmp_path / name).mkdir()
+        shutil.copy(policy / "config.json", tmp_path / name)
+    config = config_for(tmp_path / "aligned", **{"safelora.enabled": True, "lora.enabled": True,
+                                                  "safelora.base_path": str(tmp_path / "base")})
+    mesh = sharding.make_mesh(2, 4, 1)
+    model = abstract_pretrained(tmp_path / "aligned", dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                                mesh=mesh)
+    for on_disk in (False, True):
+        run = Run(config, None, mesh, None, {}, tmp_path / "aligned", horizon=10, weights_on_disk=on_disk)
+        if on_disk:  # a real run reads the weights' headers, and there are none
+            with pytest.raises(UserError, match=r"^config.safelora.base_path = .*: no model.safetensors"):
+                dss_train.build(run, methods.build(config), model)
+        else:
+            assert jax.tree.leaves(dss_train.build(run, methods.build(config), model)[0].trainable)
+
+
 def test_a_micro_batch_the_target_does_not_split_is_refused(policy):
     config = config_for(policy, **{"train.global_batch": 16, "train.micro_batch": 2})
     mesh = sharding.make_mesh(1, 4, 1)

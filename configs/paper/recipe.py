@@ -51,11 +51,14 @@ def config(table: str, method: str, options: list[str], settings: dict):
     c.model.dtype = "bfloat16"  # bf16 compute, fp32 parameters and optimizer state
     # remat full: without it the step's activations alone need 41.8 GiB a chip on a v5e-4 (16 GiB HBM)
     # and do not fit a v5e-8 or v6e either; with it the step needs 11.1 GiB a chip on v5e-4
-    # (`python -m dss.plan --topology v5e:2x2`; docs: README, "What fits where"). micro_batch stays 8
+    # (`python -m dss.plan --topology v5e:2x2`; README, "Planning a TPU run without a TPU"). micro_batch stays 8
     # (2 rows a chip on 4 chips, 1 on 8); on 16 or more chips set train.micro_batch to the chip count.
     c.train.remat = "full"
     c.guardrail.paths = ["meta-llama/Llama-Guard-3-8B" if "llama_guard" in options else "ibm-granite/granite-guardian-3.1-2b"]
     c.guardrail.dtype = "bfloat16"
+    # STAR scoring sharded (FSDP) over every chip: on one v5e chip (16 GiB) Llama Guard 3 8B does not
+    # fit (STAR prefill needs 26.5 GiB) and Granite Guardian 2B needs 14.2 GiB; over a v5e-4, 8.6 GiB
+    c.guardrail.mesh = (1, -1, 1)
     c.data.sources = [dict(path=harmful, prompt_field="prompt", response_field="response")]
     if "benign10" in options or "benign1" in options:  # GSM8K with a share of harmful examples
         share = 0.10 if "benign10" in options else 0.01

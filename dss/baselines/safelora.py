@@ -20,6 +20,7 @@ import numpy as np
 
 from dss import distributed
 from dss.atomic import atomic_file
+from dss.errors import UserError
 from dss.lora import PEFT_PREFIX, peft_module
 from dss.hub import resolve_path
 from dss.models.checkpoint import SafetensorsDir
@@ -55,7 +56,7 @@ def _weights(path, what: str) -> SafetensorsDir:
     try:
         return SafetensorsDir(resolve_path(path))
     except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"{what} = {str(path)!r}: {err}") from None
+        raise UserError(f"{what} = {str(path)!r}: {err}") from None
 
 
 def check_base(cfg, aligned_path, model_config, targets) -> None:

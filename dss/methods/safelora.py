@@ -53,7 +53,8 @@ class SafeLoRA(Plugin):
         """A base model that does not fit is refused now, not after training."""
         from dss.baselines import safelora
 
-        safelora.check_base(self.config.safelora, run.model_path, model.config, self.config.lora.targets)
+        if run.weights_on_disk:  # the check reads the weights' headers
+            safelora.check_base(self.config.safelora, run.model_path, model.config, self.config.lora.targets)
         self.model_config = model.config
         return state
 
