@@ -1,7 +1,7 @@
-"""Plans every paper variant (configs/paper/table1.py, table2.py) on TPU topologies, and the table.
+"""Plans every paper variant (configs/paper/table1.py, table2.py) on TPU topologies, and their tables.
 
     python launch/plan_paper.py --outdir plans [--policy DIR] [--base DIR] [--granite DIR] [--llama_guard DIR]
-    python launch/plan_paper.py --outdir plans --table_only        # the README table from plans/*.json
+    python launch/plan_paper.py --outdir plans --table_only        # the tables from plans/*.json
 
 Each plan is `python -m dss.plan` in its own process (one compile at a time: they use every core);
 a plan already in `--outdir` is kept. The models are hub ids by default (their config.json alone is
@@ -50,21 +50,48 @@ def run_plans(args) -> None:
 
 
 def table(outdir: Path) -> str:
-    """One row per plan: the train step's memory per chip against HBM, and the STAR programs' (one
-    chip each, the guardrail's parameters whole) at their largest."""
+    """One row per plan (by topology, then name): the train step's memory per chip against HBM, and
+    the STAR program that fits worst (or is largest)."""
     rows = ["| plan | topology (hosts) | remat | step fits | step GiB/chip | temporaries GiB | HBM GiB "
             "| STAR GiB/chip (fits) | compile s |", "|---|---|---|---|---:|---:|---:|---|---:|"]
-    for path in sorted(outdir.glob("*.json")):
-        p = json.loads(path.read_text())
+    plans = {path.stem: json.loads(path.read_text()) for path in outdir.glob("*.json")}
+    order = lambda item: (TOPOLOGIES.index(item[1]["topology"]) if item[1]["topology"] in TOPOLOGIES else 99, item[0])
+    for stem, p in sorted(plans.items(), key=order):
         step = p["train"]["per_device"]
         gib = lambda key, d=step: f"{d[key] / GIB:.2f}" if d.get(key) is not None else "-"
         star = p.get("star", [])
         worst = max(star, key=lambda s: (not s["fits"], s.get("total_bytes") or 0), default=None)
         star_cell = f"{gib('total_bytes', worst)} ({worst['fits']})" if worst else "-"
         compile_s = step.get("compile_s", 0) + sum(s.get("compile_s", 0) for s in p.get("star", []))
-        rows.append(f"| {path.stem} | {p['topology']} ({p['hosts']}) | {p['train']['remat']} | {step['fits']} | "
+        rows.append(f"| {stem} | {p['topology']} ({p['hosts']}) | {p['train']['remat']} | {step['fits']} | "
                     f"{gib('total_bytes')} | {gib('temporaries_bytes')} | {p['hbm_bytes_per_chip'] / GIB:.2f} | "
                     f"{star_cell} | {compile_s:.1f} |")
+    return "\n".join(rows)
+
+
+def grid(outdir: Path) -> str:
+    """Variants down, topologies across: the step's GiB per chip (and the STAR program's at its
+    largest), or what does not fit."""
+    hosts = {p["topology"]: p["hosts"] for p in map(json.loads, map(Path.read_text, outdir.glob("*.json")))}
+    head = "| variant | " + " | ".join(f"{t} ({hosts.get(t, '?')} host{'s' * (hosts.get(t) != 1)})"
+                                       for t in TOPOLOGIES) + " |"
+    rows = [head, "|---|" + "---:|" * len(TOPOLOGIES)]
+    for variant in VARIANTS:
+        cells = []
+        for topology in TOPOLOGIES:
+            path = outdir / f"{plan_name(variant, topology)}.json"
+            if not path.exists():
+                cells.append("not planned")
+                continue
+            p = json.loads(path.read_text())
+            step, star = p["train"]["per_device"], p.get("star", [])
+            cell = f"{step['total_bytes'] / GIB:.1f}" if step["fits"] else "does not fit"
+            if star:
+                fits = all(s["fits"] for s in star)
+                cell += (f" + STAR {max(s['total_bytes'] for s in star) / GIB:.1f}" if fits else
+                         " + STAR does not fit")
+            cells.append(cell)
+        rows.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -81,7 +108,7 @@ def main(argv=None) -> None:
     args.outdir.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         run_plans(args)
-    print(table(args.outdir))
+    print(grid(args.outdir), table(args.outdir), sep="\n\n")
 
 
 if __name__ == "__main__":

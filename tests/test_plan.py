@@ -218,3 +218,7 @@ def test_the_paper_plans_table_reads_each_plan(tmp_path):
     assert rows[2] == "| a | v5e:2x2 (1) | full | True | 11.00 | 7.00 | 16.00 | - (False) | 35.0 |"
     assert rows[3] == "| b | v5e:2x2 (1) | none | False | - | - | 16.00 | - | 9.0 |"
     assert plan_paper.plan_name("table1:star_dss,llama_guard", "v5p:2x2x1") == "t1_star_dss_llama_guard_v5p_2x2x1"
+    (tmp_path / "a.json").rename(tmp_path / "t1_sft_v5e_2x2.json")
+    grid = plan_paper.grid(tmp_path).splitlines()
+    assert grid[0].startswith("| variant | v5e:2x2 (1 host) | v6e:2x2 (? hosts) |")
+    assert grid[2] == "| table1:sft | 11.0 + STAR does not fit |" + " not planned |" * 5
