@@ -50,7 +50,8 @@ def config(table: str, method: str, options: list[str], settings: dict):
     c.model.path = POLICY
     c.model.dtype = "bfloat16"  # bf16 compute, fp32 parameters and optimizer state
     # remat full: without it the step's activations alone need 41.8 GiB a chip on a v5e-4 (16 GiB HBM)
-    # and do not fit a v5e-8 or v6e either; with it the step needs 11.1 GiB a chip on v5e-4
+    # and do not fit a v5e-8 or a v6e-4 either (a v6e-8 and a v5p-4 fit without it); with it the step
+    # needs 11.1 GiB a chip on v5e-4
     # (`python -m dss.plan --topology v5e:2x2`; README, "Planning a TPU run without a TPU"). micro_batch stays 8
     # (2 rows a chip on 4 chips, 1 on 8); on 16 or more chips set train.micro_batch to the chip count.
     c.train.remat = "full"
