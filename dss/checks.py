@@ -12,7 +12,7 @@ import functools
 from pathlib import Path
 
 from dss.errors import UserError
-from dss.files import FILE_FORMATS
+from dss.files import FILE_FORMATS, names_local_path
 
 
 def value(config, key: str):
@@ -86,15 +86,15 @@ def missing_file(path) -> bool:
 
 def model_name(config, key: str, name: str) -> None:
     """A model name (`name`, the setting at `key` or an entry of it) that can be loaded: `tiny:<spec>`,
-    a hub repo id, or a local directory that holds a config.json (as `dss.models.checkpoint.model_dir`
-    tells them apart: a name that starts with '.', '/' or '~', or names an existing file, is local)."""
+    a hub repo id, or a local directory that holds a config.json (`names_local_path` tells them apart,
+    as `dss.models.checkpoint.model_dir` does)."""
     if name.startswith("tiny:"):
         return
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise UserError(f"config.{key} = {name!r}: not a model directory (no config.json in it)")
-    elif local.exists() or name.startswith((".", "/", "~")):
+    elif names_local_path(name):
         raise UserError(f"config.{key} = {name!r}: no such model directory")
 
 

@@ -150,3 +150,9 @@ def read_table(path: str | os.PathLike) -> Table:
     if not table.rows:
         raise UserError(f"{path}: {empty}, no rows to read")
     return table
+
+
+def names_local_path(name) -> bool:
+    """Whether a model name is a local path rather than a Hugging Face Hub repo id: it starts with
+    '.', '/' or '~', or names something that exists."""
+    return str(name).startswith((".", "/", "~")) or Path(name).expanduser().exists()

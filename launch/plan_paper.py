@@ -49,12 +49,16 @@ def run_plans(args) -> None:
                 print(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "(no output)", flush=True)
 
 
+def read_plans(outdir: Path) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in outdir.glob("*.json")}
+
+
 def table(outdir: Path) -> str:
     """One row per plan (by topology, then name): the train step's memory per chip against HBM, and
     the STAR program that fits worst (or is largest)."""
     rows = ["| plan | topology (hosts) | remat | step fits | step GiB/chip | temporaries GiB | HBM GiB "
             "| STAR GiB/chip (fits) | compile s |", "|---|---|---|---|---:|---:|---:|---|---:|"]
-    plans = {path.stem: json.loads(path.read_text()) for path in outdir.glob("*.json")}
+    plans = read_plans(outdir)
     order = lambda item: (TOPOLOGIES.index(item[1]["topology"]) if item[1]["topology"] in TOPOLOGIES else 99, item[0])
     for stem, p in sorted(plans.items(), key=order):
         step = p["train"]["per_device"]
@@ -72,18 +76,18 @@ def table(outdir: Path) -> str:
 def grid(outdir: Path) -> str:
     """Variants down, topologies across: the step's GiB per chip (and the STAR program's at its
     largest), or what does not fit."""
-    hosts = {p["topology"]: p["hosts"] for p in map(json.loads, map(Path.read_text, outdir.glob("*.json")))}
+    plans = read_plans(outdir)
+    hosts = {p["topology"]: p["hosts"] for p in plans.values()}
     head = "| variant | " + " | ".join(f"{t} ({hosts.get(t, '?')} host{'s' * (hosts.get(t) != 1)})"
                                        for t in TOPOLOGIES) + " |"
     rows = [head, "|---|" + "---:|" * len(TOPOLOGIES)]
     for variant in VARIANTS:
         cells = []
         for topology in TOPOLOGIES:
-            path = outdir / f"{plan_name(variant, topology)}.json"
-            if not path.exists():
+            p = plans.get(plan_name(variant, topology))
+            if p is None:
                 cells.append("not planned")
                 continue
-            p = json.loads(path.read_text())
             step, star = p["train"]["per_device"], p.get("star", [])
             cell = f"{step['total_bytes'] / GIB:.1f}" if step["fits"] else "does not fit"
             if star:

@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 from dss import sharding as shd
 from dss.atomic import atomic_file
 from dss.errors import MissingPath
+from dss.files import names_local_path
 from dss.models.config import ModelConfig
 from dss.models.transformer import Transformer
 
@@ -134,7 +135,7 @@ def model_dir(path: str | os.PathLike) -> Path:
     local = Path(path).expanduser()
     if local.is_dir():
         return local
-    if local.exists() or str(path).startswith((".", "/", "~")):
+    if names_local_path(path):
         raise MissingPath(f"{path}: not a model directory")
     from huggingface_hub import snapshot_download
 
